@@ -1,0 +1,357 @@
+//! The live set and per-type growth, computed from births and frees. Pure: no I/O, no
+//! clock, no knowledge of where events come from. `trace` feeds it from the ring buffer;
+//! the tests feed it by hand.
+//!
+//! Matching rules (why deaths can come from three places):
+//! - a free of the object's own address (`tp_free(op)`, `PyObject_GC_Del(op)`) kills it;
+//! - a free of its *block* (the allocator sees `op - preheader`) kills it;
+//! - a birth at an address that is still live means the old object died unseen (freelist
+//!   reuse, a resize in place, a death through an inlined path): the old one is retired.
+//!   Births into a new object's pre-header area retire whatever "lived" there too.
+//!
+//! Objects that die on a freelist stay "live" until the slot is reused: freelists are
+//! bounded, so that never looks like growth.
+use hashbrown::HashMap;
+
+#[derive(Clone, Copy, Debug)]
+struct LiveObject {
+    type_ptr: u64,
+    bytes: u64,
+    preheader: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct TypeCounters {
+    live: u64,
+    live_bytes: u64,
+    births: u64,
+    deaths: u64,
+    interval_births: u64,
+    interval_deaths: u64,
+    /// Live count at each snapshot (index 0 = attach, always 0).
+    history: Vec<u64>,
+}
+
+/// What a birth event tells, once user space has looked at the type.
+#[derive(Clone, Copy, Debug)]
+pub struct Birth {
+    pub type_ptr: u64,
+    pub bytes: u64,
+    pub preheader: u64,
+}
+
+#[derive(Default)]
+pub struct Aggregator {
+    objects: HashMap<u64, LiveObject>,
+    types: HashMap<u64, TypeCounters>,
+    /// Snapshot times in seconds since attach; `times[0] == 0.0`.
+    times: Vec<f64>,
+    /// Births of types this build does not fully see (not counted anywhere else).
+    pub ignored_births: u64,
+}
+
+/// One row of a report: a type's state at a snapshot.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TypeRow {
+    #[serde(skip)]
+    pub type_ptr: u64,
+    pub name: String,
+    pub live: u64,
+    pub live_bytes: u64,
+    pub births: u64,
+    pub deaths: u64,
+    pub interval_births: u64,
+    pub interval_deaths: u64,
+    /// Least-squares slope of the live count over all snapshots, objects per second.
+    pub rate_per_s: f64,
+    pub growing: bool,
+}
+
+/// A type "keeps growing" when, over at least this many intervals since attach, ...
+pub const MIN_INTERVALS: usize = 3;
+/// ...its live count set a new high in at least 3 of every 4 intervals, and...
+pub const HIGHS_NUM: usize = 3;
+pub const HIGHS_DEN: usize = 4;
+/// ...it gained at least this many objects and at least 1/200 of its births.
+pub const MIN_NET_GROWTH: u64 = 10;
+pub const MIN_SURVIVING_PER_MILLE: u64 = 5;
+
+impl Aggregator {
+    pub fn new() -> Self {
+        Aggregator { times: vec![0.0], ..Default::default() }
+    }
+
+    pub fn live_objects(&self) -> usize {
+        self.objects.len()
+    }
+
+    fn retire(&mut self, addr: u64) -> bool {
+        match self.objects.remove(&addr) {
+            Some(o) => {
+                let t = self.types.get_mut(&o.type_ptr).expect("live object of unknown type");
+                t.live -= 1;
+                t.live_bytes -= o.bytes;
+                t.deaths += 1;
+                t.interval_deaths += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// An object came to life at `addr`; `None` for a type whose instances this build
+    /// cannot fully see (its birth still proves the previous occupant of `addr` dead).
+    pub fn birth(&mut self, addr: u64, birth: Option<Birth>) {
+        self.retire(addr);
+        let Some(b) = birth else {
+            self.ignored_births += 1;
+            return;
+        };
+        let mut k = 16;
+        while k <= b.preheader {
+            self.retire(addr - k);
+            k += 16;
+        }
+        let snapshots = self.times.len();
+        let t = self.types.entry(b.type_ptr).or_insert_with(|| TypeCounters {
+            history: vec![0; snapshots],
+            ..Default::default()
+        });
+        t.live += 1;
+        t.live_bytes += b.bytes;
+        t.births += 1;
+        t.interval_births += 1;
+        self.objects.insert(addr, LiveObject { type_ptr: b.type_ptr, bytes: b.bytes, preheader: b.preheader });
+    }
+
+    /// The memory at `addr` was released: the object at `addr`, or the one whose block
+    /// starts at `addr`, is dead. Frees of anything else (buffers, objects born before
+    /// attach) change nothing.
+    pub fn free(&mut self, addr: u64) {
+        if self.retire(addr) {
+            return;
+        }
+        for k in [16, 32] {
+            if self.objects.get(&(addr + k)).is_some_and(|o| o.preheader == k) {
+                self.retire(addr + k);
+                return;
+            }
+        }
+    }
+
+    /// Closes an interval at `elapsed` seconds since attach and returns every type's row,
+    /// growing types first, then by rate, live bytes and name.
+    pub fn snapshot(&mut self, elapsed: f64, name_of: &mut dyn FnMut(u64) -> String) -> Vec<TypeRow> {
+        self.times.push(elapsed);
+        let mut rows = Vec::with_capacity(self.types.len());
+        for (&type_ptr, t) in self.types.iter_mut() {
+            t.history.push(t.live);
+            rows.push(TypeRow {
+                type_ptr,
+                name: name_of(type_ptr),
+                live: t.live,
+                live_bytes: t.live_bytes,
+                births: t.births,
+                deaths: t.deaths,
+                interval_births: t.interval_births,
+                interval_deaths: t.interval_deaths,
+                rate_per_s: slope(&self.times, &t.history),
+                growing: keeps_growing(&t.history, t.births),
+            });
+            t.interval_births = 0;
+            t.interval_deaths = 0;
+        }
+        rows.sort_by(|a, b| {
+            b.growing
+                .cmp(&a.growing)
+                .then(b.rate_per_s.total_cmp(&a.rate_per_s))
+                .then(b.live_bytes.cmp(&a.live_bytes))
+                .then(a.name.cmp(&b.name))
+        });
+        rows
+    }
+}
+
+/// The growth rule (see the constants above): a new high in most intervals, and a net
+/// gain that is neither tiny nor a negligible share of the type's births.
+pub fn keeps_growing(history: &[u64], births: u64) -> bool {
+    let intervals = history.len().saturating_sub(1);
+    if intervals < MIN_INTERVALS {
+        return false;
+    }
+    let mut high = history[0];
+    let mut highs = 0;
+    for &live in &history[1..] {
+        if live > high {
+            highs += 1;
+            high = live;
+        }
+    }
+    let net = history[intervals].saturating_sub(history[0]);
+    highs * HIGHS_DEN >= intervals * HIGHS_NUM
+        && net >= MIN_NET_GROWTH
+        && net * 1000 >= births * MIN_SURVIVING_PER_MILLE
+}
+
+/// Least-squares slope of `ys` over `xs` (objects per second).
+pub fn slope(xs: &[f64], ys: &[u64]) -> f64 {
+    let n = xs.len().min(ys.len());
+    if n < 2 {
+        return 0.0;
+    }
+    let mx = xs[..n].iter().sum::<f64>() / n as f64;
+    let my = ys[..n].iter().map(|&y| y as f64).sum::<f64>() / n as f64;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for i in 0..n {
+        sxy += (xs[i] - mx) * (ys[i] as f64 - my);
+        sxx += (xs[i] - mx) * (xs[i] - mx);
+    }
+    if sxx == 0.0 { 0.0 } else { sxy / sxx }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEAK: u64 = 0x1000;
+    const TMP: u64 = 0x2000;
+
+    fn b(type_ptr: u64, preheader: u64) -> Option<Birth> {
+        Some(Birth { type_ptr, bytes: 48 + preheader, preheader })
+    }
+
+    fn names(t: u64) -> String {
+        match t {
+            LEAK => "Leak".into(),
+            TMP => "tmp".into(),
+            _ => format!("{t:#x}"),
+        }
+    }
+
+    fn row<'a>(rows: &'a [TypeRow], name: &str) -> &'a TypeRow {
+        rows.iter().find(|r| r.name == name).unwrap()
+    }
+
+    #[test]
+    fn test_objects_that_survive_every_interval_are_growing_at_their_rate() {
+        // GIVEN 100 Leak objects born per second, none freed, for 5 one-second intervals
+        let mut agg = Aggregator::new();
+        let mut addr = 0x10_0000;
+        let mut rows = vec![];
+        for s in 1..=5 {
+            for _ in 0..100 {
+                agg.birth(addr, b(LEAK, 16));
+                addr += 64;
+            }
+            rows = agg.snapshot(s as f64, &mut names);
+        }
+        // THEN the type is on top, growing, at 100/s, with exact counts and bytes
+        let r = &rows[0];
+        assert_eq!((r.name.as_str(), r.live, r.growing), ("Leak", 500, true));
+        assert_eq!(r.live_bytes, 500 * 64);
+        assert!((r.rate_per_s - 100.0).abs() < 1e-9, "{}", r.rate_per_s);
+        assert_eq!((r.interval_births, r.interval_deaths), (100, 0));
+    }
+
+    #[test]
+    fn test_churn_freed_by_block_address_is_not_growing() {
+        // GIVEN GC objects (pre-header 16) freed by their block address, as pymalloc sees it
+        let mut agg = Aggregator::new();
+        for s in 1..=6 {
+            for i in 0..1000u64 {
+                let op = 0x50_0000 + (i % 7) * 64 + 16;
+                agg.birth(op, b(TMP, 16));
+                agg.free(op - 16);
+            }
+            let rows = agg.snapshot(s as f64, &mut names);
+            // THEN nothing is live and nothing grows
+            assert_eq!(row(&rows, "tmp").live, 0);
+            assert!(!row(&rows, "tmp").growing);
+        }
+        assert_eq!(agg.live_objects(), 0);
+    }
+
+    #[test]
+    fn test_free_of_the_object_pointer_kills_it() {
+        let mut agg = Aggregator::new();
+        agg.birth(0x100, b(TMP, 32));
+        agg.free(0x100);
+        assert_eq!(agg.live_objects(), 0);
+    }
+
+    #[test]
+    fn test_free_of_a_neighbouring_block_does_not_kill() {
+        // GIVEN a non-GC object at 0x110 and a 16-byte buffer block at 0x100 next to it
+        let mut agg = Aggregator::new();
+        agg.birth(0x110, b(TMP, 0));
+        // WHEN the buffer is freed THEN the object is still live (its pre-header is 0)
+        agg.free(0x100);
+        assert_eq!(agg.live_objects(), 1);
+    }
+
+    #[test]
+    fn test_freelist_reuse_retires_the_previous_occupant() {
+        // GIVEN objects that die onto a freelist (no free event) and are reborn in place
+        let mut agg = Aggregator::new();
+        for s in 1..=5 {
+            for i in 0..80u64 {
+                agg.birth(0x9000 + i * 32, b(TMP, 0));
+            }
+            let rows = agg.snapshot(s as f64, &mut names);
+            // THEN the live count is bounded by the freelist, and not growing
+            assert_eq!(row(&rows, "tmp").live, 80);
+            assert!(!row(&rows, "tmp").growing);
+        }
+    }
+
+    #[test]
+    fn test_birth_over_a_stale_preheader_retires_it() {
+        let mut agg = Aggregator::new();
+        agg.birth(0x100, b(TMP, 0)); // its free was missed
+        agg.birth(0x120, b(LEAK, 32)); // a new GC object whose block starts at 0x100
+        let rows = agg.snapshot(1.0, &mut names);
+        assert_eq!(row(&rows, "tmp").live, 0);
+        assert_eq!(row(&rows, "Leak").live, 1);
+    }
+
+    #[test]
+    fn test_untracked_birth_counts_as_ignored_and_retires_the_occupant() {
+        let mut agg = Aggregator::new();
+        agg.birth(0x100, b(LEAK, 0));
+        agg.birth(0x100, None);
+        assert_eq!((agg.live_objects(), agg.ignored_births), (0, 1));
+    }
+
+    #[test]
+    fn test_frees_of_unknown_addresses_change_nothing() {
+        let mut agg = Aggregator::new();
+        agg.free(0xdead0);
+        agg.birth(0x100, b(TMP, 0));
+        agg.free(0x200);
+        assert_eq!(agg.live_objects(), 1);
+    }
+
+    #[test]
+    fn growth_rule_cases() {
+        // (history, births, growing): the names of the cases are the spec
+        let cases: &[(&[u64], u64, bool, &str)] = &[
+            (&[0, 10, 20, 30], 30, true, "steady leak"),
+            (&[0, 10, 20], 20, false, "too few intervals"),
+            (&[0, 50, 40, 55, 45, 52, 48], 100_000, false, "plateau with noise"),
+            (&[0, 2, 4, 6, 8], 8, false, "too small to matter"),
+            (&[0, 100, 200, 300, 400], 1_000_000, false, "0.04% of a huge churn survives"),
+            (&[0, 100, 200, 300, 400], 10_000, true, "4% of births survive"),
+            (&[0, 100, 200, 200, 300, 400], 400, true, "one flat interval of five"),
+            (&[0, 100, 100, 100, 300], 300, false, "mostly flat"),
+        ];
+        for &(h, births, want, name) in cases {
+            assert_eq!(keeps_growing(h, births), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn slope_of_a_line() {
+        assert!((slope(&[0.0, 1.0, 2.0], &[5, 7, 9]) - 2.0).abs() < 1e-12);
+        assert_eq!(slope(&[0.0], &[1]), 0.0);
+    }
+}

@@ -1,0 +1,98 @@
+//! Finding the CPython interpreter inside a target: the mapped `libpython3.X.so`, or for
+//! static builds the executable itself; its version read from the file, never by running
+//! anything; and where it is loaded.
+use crate::elf::Binary;
+use crate::process::{Mapping, Process};
+use crate::python::{self, Version};
+use anyhow::{Result, bail};
+
+pub struct Interpreter {
+    /// The file as the target names it (inside its root).
+    pub target_path: String,
+    pub binary: Binary,
+    pub version: Version,
+    /// Runtime address = file vaddr + bias.
+    pub bias: u64,
+    /// Address ranges the file is mapped at (its static data lives there).
+    pub ranges: Vec<(u64, u64)>,
+}
+
+fn is_libpython(path: &str) -> Option<Option<u32>> {
+    let name = path.rsplit('/').next()?;
+    let rest = name.strip_prefix("libpython3.")?;
+    if !name.contains(".so") {
+        return None;
+    }
+    let minor: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    Some(minor.parse().ok())
+}
+
+fn minor_from_exe_name(path: &str) -> Option<u32> {
+    let name = path.rsplit('/').next()?;
+    name.strip_prefix("python3.")?.chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().ok()
+}
+
+impl Interpreter {
+    pub fn find(process: &Process) -> Result<Interpreter> {
+        let maps = process.maps()?;
+        let files: Vec<&str> = {
+            let mut v: Vec<&str> = maps.iter().map(|m| m.path.as_str()).filter(|p| p.starts_with('/')).collect();
+            v.dedup();
+            v
+        };
+        // A shared libpython wins; otherwise a mapped file that carries `_PyRuntime`.
+        let mut chosen = None;
+        if let Some(lib) = files.iter().find(|p| is_libpython(p).is_some()) {
+            chosen = Some((lib.to_string(), is_libpython(lib).flatten()));
+        } else {
+            for path in files.iter().filter(|p| !p.contains(".so")) {
+                if let Ok(bin) = Binary::open(&process.host_path(path)) {
+                    if bin.symbol("_PyRuntime").is_some() || bin.section(".PyRuntime").is_some() {
+                        chosen = Some((path.to_string(), minor_from_exe_name(path)));
+                        break;
+                    }
+                }
+            }
+        }
+        let Some((target_path, file_minor)) = chosen else {
+            bail!(
+                "process {} ({}) is not running CPython: no libpython3.X.so and no executable \
+                 with _PyRuntime in its memory maps",
+                process.pid,
+                process.comm
+            );
+        };
+        let binary = Binary::open(&process.host_path(&target_path))?;
+        let Some((major, minor, patch)) = binary.python_version(file_minor) else {
+            bail!("cannot tell the Python version of {target_path}");
+        };
+        let version = Version { major, minor, patch };
+        if !version.is_supported() {
+            bail!(
+                "process {} runs Python {version}, which leakscope does not support (supported: {})",
+                process.pid,
+                python::SUPPORTED
+            );
+        }
+        let mine: Vec<&Mapping> = maps.iter().filter(|m| m.path == target_path).collect();
+        let base = mine.iter().find(|m| m.offset == 0).map(|m| m.start).unwrap_or(0);
+        let bias = if binary.is_shared_object { base - binary.first_load_vaddr() } else { 0 };
+        let ranges = mine.iter().map(|m| (m.start, m.end)).collect();
+        Ok(Interpreter { target_path, binary, version, bias, ranges })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libpython_names() {
+        assert_eq!(is_libpython("/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0"), Some(Some(11)));
+        assert_eq!(is_libpython("/opt/lib/libpython3.9.so"), Some(Some(9)));
+        assert_eq!(is_libpython("/usr/lib/libpython3.11.a"), None);
+        assert_eq!(is_libpython("/usr/bin/python3.11"), None);
+        assert_eq!(minor_from_exe_name("/usr/bin/python3.11"), Some(11));
+        assert_eq!(minor_from_exe_name("/usr/bin/python3"), None);
+    }
+}

@@ -1,0 +1,267 @@
+//! `leakscope`: find what keeps growing in a running Python process, from outside it.
+mod aggregate;
+mod disasm;
+mod elf;
+mod interpreter;
+mod plan;
+mod process;
+mod python;
+mod report;
+mod tracer;
+mod types;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+pub const NEEDS_PRIVILEGES: &str = "leakscope needs root, or the capabilities CAP_BPF and \
+    CAP_PERFMON (to load and attach the probes) and CAP_SYS_PTRACE (to read the target's memory)";
+
+#[derive(Parser)]
+#[command(
+    name = "leakscope",
+    version,
+    about = "Find memory leaks in running Python processes, from outside, with eBPF",
+    long_about = "Find memory leaks in running Python processes, from outside, with eBPF.\n\n\
+        leakscope attaches uprobes to the target's interpreter (no restart, no code change, \
+        nothing injected: the target is only read) and reports which object types keep growing."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Trace object births and deaths in a running CPython and report growth by type.
+    #[command(after_help = "\
+Examples:
+  sudo leakscope trace --pid 1234                     report every 5 s until Ctrl-C
+  sudo leakscope trace --pid 1234 --duration 60 --json > growth.ndjson
+  sudo leakscope trace --pid 1234 --stats             also show probe hits and BPF cost
+
+Every report counts objects born since attach: LIVE and LIVE BYTES are the ones still
+alive, +BORN/-DIED happened in the last interval, RATE/s is the slope of LIVE over the
+whole trace. A type marked ▲ keeps growing: a new high in at least 3 of 4 intervals
+(at least 3 intervals), a net gain of at least 10 objects and at least 0.5% of its births.
+The final report (on Ctrl-C, --duration, or when the target exits) shows totals.")]
+    Trace(TraceArgs),
+}
+
+#[derive(clap::Args)]
+struct TraceArgs {
+    /// Process id of the running Python program.
+    #[arg(long, short)]
+    pid: u32,
+    /// Seconds between reports.
+    #[arg(long, short, default_value_t = 5.0, value_parser = positive_secs)]
+    interval: f64,
+    /// Stop after this many seconds and print the final report (default: until Ctrl-C or
+    /// until the target exits).
+    #[arg(long, short, value_parser = positive_secs)]
+    duration: Option<f64>,
+    /// Write each report as one JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Rows per table.
+    #[arg(long, default_value_t = 20)]
+    top: usize,
+    /// Add probe hit counts and the BPF programs' own run time (kernel BPF stats).
+    #[arg(long)]
+    stats: bool,
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Trace(args) => trace(args),
+    };
+    if let Err(e) = result {
+        // A closed stdout (`leakscope … | head`) is not an error.
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+            std::process::exit(0);
+        }
+        eprintln!("leakscope: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Capabilities in effect (CapEff of /proc/self/status).
+fn has_privileges() -> bool {
+    let caps = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let has = |bit: u32| caps & (1 << bit) != 0;
+    const SYS_PTRACE: u32 = 19;
+    const SYS_ADMIN: u32 = 21;
+    const PERFMON: u32 = 38;
+    const BPF: u32 = 39;
+    has(SYS_PTRACE) && (has(SYS_ADMIN) || (has(BPF) && has(PERFMON)))
+}
+
+fn trace(args: TraceArgs) -> Result<()> {
+    let process = process::Process::open(args.pid)?;
+    if !has_privileges() {
+        bail!("{NEEDS_PRIVILEGES}");
+    }
+    tracer::check_uprobe_support(std::path::Path::new("/sys/bus/event_source/devices/uprobe"))?;
+    let interp = interpreter::Interpreter::find(&process)?;
+    let plan = plan::plan(&process, &interp)?;
+    let mut tracer = tracer::Tracer::attach(&plan, process.pid, args.stats)?;
+    let started = Instant::now();
+    eprintln!(
+        "leakscope: attached to pid {} ({}): Python {} in {}; {} probes; sees {}. Ctrl-C for the final report.",
+        process.pid,
+        process.comm,
+        interp.version,
+        interp.target_path,
+        plan.probes.len(),
+        plan.coverage.sees()
+    );
+    let mut resolver = types::Resolver::new(
+        process.memory(),
+        interp.version,
+        interp.ranges.clone(),
+        plan.coverage == plan::Coverage::Complete,
+    );
+    let mut agg = aggregate::Aggregator::new();
+    let mut session = Session { args: &args, plan: &plan, pid: process.pid, started };
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut drain_tick = tokio::time::interval(Duration::from_millis(10));
+        let period = Duration::from_secs_f64(args.interval);
+        let mut report_tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let deadline = args.duration.map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
+        let mut ticks = 0u64;
+        let reason = loop {
+            tokio::select! {
+                _ = drain_tick.tick() => {
+                    pump(&mut tracer, &mut resolver, &mut agg);
+                    ticks += 1;
+                    if ticks % 10 == 0 && !process.alive() {
+                        break "target exited";
+                    }
+                }
+                _ = report_tick.tick() => {
+                    pump(&mut tracer, &mut resolver, &mut agg);
+                    session.emit(&tracer, &mut resolver, &mut agg, None)?;
+                }
+                _ = tokio::signal::ctrl_c() => break "interrupted",
+                _ = sigterm.recv() => break "terminated",
+                _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break "duration",
+            }
+        };
+        pump(&mut tracer, &mut resolver, &mut agg);
+        session.emit(&tracer, &mut resolver, &mut agg, Some(reason))?;
+        anyhow::Ok(())
+    })?;
+    // Dropping the tracer detaches every probe: the target runs on untouched.
+    drop(tracer);
+    Ok(())
+}
+
+fn pump(tracer: &mut tracer::Tracer, resolver: &mut types::Resolver, agg: &mut aggregate::Aggregator) {
+    use leakscope_common::{EVENT_BIRTH, EVENT_FREE};
+    tracer.drain(|e| match e.kind {
+        EVENT_BIRTH => {
+            let birth = resolver.get(e.type_ptr).and_then(|t| {
+                t.tracked.then(|| aggregate::Birth {
+                    type_ptr: e.type_ptr,
+                    bytes: python::object_bytes(t.basicsize, t.itemsize, e.ob_size, t.preheader),
+                    preheader: t.preheader,
+                })
+            });
+            agg.birth(e.addr, birth);
+        }
+        EVENT_FREE => agg.free(e.addr),
+        _ => {}
+    });
+}
+
+struct Session<'a> {
+    args: &'a TraceArgs,
+    plan: &'a plan::Plan,
+    pid: u32,
+    started: Instant,
+}
+
+impl Session<'_> {
+    fn emit(
+        &mut self,
+        tracer: &tracer::Tracer,
+        resolver: &mut types::Resolver,
+        agg: &mut aggregate::Aggregator,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let types = agg.snapshot(elapsed, &mut |t| {
+            resolver.get(t).map(|i| i.name.clone()).unwrap_or_else(|| format!("<type {t:#x}>"))
+        });
+        resolver.revalidate();
+        let drops = tracer.drops();
+        let (probes, programs) = if self.args.stats {
+            let hits = tracer.hits(self.plan.probes.len());
+            (
+                Some(
+                    self.plan
+                        .probes
+                        .iter()
+                        .zip(hits)
+                        .map(|(p, hits)| report::ProbeStat {
+                            probe: p.label.clone(),
+                            instruction: p.point.instruction.clone(),
+                            emulated: p.point.emulated,
+                            hits,
+                        })
+                        .collect(),
+                ),
+                Some(
+                    tracer
+                        .program_stats()
+                        .into_iter()
+                        .map(|(program, runs, run_time_ns)| report::ProgramStat { program, runs, run_time_ns })
+                        .collect(),
+                ),
+            )
+        } else {
+            (None, None)
+        };
+        let report = report::Report {
+            kind: if reason.is_some() { "final" } else { "interval" },
+            reason: reason.map(str::to_string),
+            pid: self.pid,
+            elapsed_s: elapsed,
+            interval_s: self.args.interval,
+            types,
+            live_objects: agg.live_objects() as u64,
+            ignored_births: agg.ignored_births,
+            lost: report::Losses {
+                ringbuf_full: drops[leakscope_common::DROP_RINGBUF_FULL as usize],
+                kernel_read_failed: drops[leakscope_common::DROP_READ_FAILED as usize],
+                unreadable_types: resolver.failed_reads,
+            },
+            probes,
+            programs,
+        };
+        let text = if self.args.json { report::json(&report) + "\n" } else { report::text(&report, self.args.top) + "\n" };
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes()).context("writing the report")?;
+        out.flush()?;
+        Ok(())
+    }
+}

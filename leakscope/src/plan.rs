@@ -1,0 +1,178 @@
+//! Which functions to probe, where exactly, and what that lets us see, per build.
+//!
+//! - **complete** (a shared libpython whose own exports are interposable, e.g. pyenv's
+//!   `--enable-shared` builds): the linker routes every internal call to `_Py_NewReference`
+//!   through the GOT, so the compiler never inlined it and an entry probe sees every birth,
+//!   freelist reuse included. Deaths are seen at the object allocator's free and realloc
+//!   (found through the allocator table the interpreter really calls, read from its memory),
+//!   which every object's memory passes through; freelist deaths surface as rebirths.
+//! - **partial** (static executables and LTO/`-Bsymbolic` libraries, e.g. Debian's
+//!   `/usr/bin/python3.11`): builtins are created and destroyed through inlined copies that
+//!   no probe sees. Instances of Python classes still pass through their type slots
+//!   (`tp_alloc` = `PyType_GenericAlloc`, `tp_free` = `PyObject_GC_Del`/`PyObject_Free`),
+//!   and C extensions call the exported API through their PLT, so those are counted and
+//!   every static type of the interpreter itself is ignored.
+use crate::disasm::{self, ProbePoint};
+use crate::interpreter::Interpreter;
+use crate::process::Process;
+use crate::python::hooks;
+use anyhow::{Context, Result, bail};
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Register};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coverage {
+    Complete,
+    Partial,
+}
+
+impl Coverage {
+    pub fn sees(self) -> &'static str {
+        match self {
+            Coverage::Complete => "all objects",
+            Coverage::Partial => {
+                "instances of classes defined in Python and objects of C-extension types \
+                 (builtins created inside this optimized interpreter are not visible)"
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ProbeSpec {
+    /// `function+offset`, as shown by `--stats`.
+    pub label: String,
+    /// Name of the BPF program in `leakscope-ebpf`.
+    pub program: &'static str,
+    /// The file to attach to, reached through the target's root.
+    pub path: PathBuf,
+    pub file_offset: u64,
+    pub point: ProbePoint,
+}
+
+pub struct Plan {
+    pub coverage: Coverage,
+    pub probes: Vec<ProbeSpec>,
+}
+
+pub fn plan(process: &Process, interp: &Interpreter) -> Result<Plan> {
+    let bin = &interp.binary;
+    let complete = bin.is_shared_object && bin.relocates(hooks::NEW_REFERENCE[0]);
+    let mut probes = vec![];
+    if complete {
+        for name in hooks::NEW_REFERENCE {
+            if let Some((vaddr, size)) = bin.symbol(name) {
+                probes.push(entry_probe(interp, name, vaddr, size, Register::RDI, "birth_arg0")?);
+            }
+        }
+        for wrapper in [hooks::FREE_WRAPPER, hooks::REALLOC_WRAPPER] {
+            probes.push(allocator_slot_probe(process, interp, wrapper)?);
+        }
+        return Ok(Plan { coverage: Coverage::Complete, probes });
+    }
+    if interp.version.minor >= 13 {
+        bail!(
+            "Python {} here is an optimized build (static or LTO): on 3.13+ such builds need the \
+             reference tracer, which leakscope does not use yet; a shared build without LTO \
+             (e.g. pyenv's) is supported",
+            interp.version
+        );
+    }
+    for name in hooks::ALLOCATORS {
+        for (clone, vaddr, _) in bin.symbol_and_clones(name) {
+            let off = bin.vaddr_to_offset(vaddr).context("allocator outside any segment")?;
+            let code = bin.bytes_at(vaddr, 16).unwrap_or(&[]);
+            let first = Decoder::with_ip(64, code, vaddr, DecoderOptions::NONE).decode();
+            probes.push(ProbeSpec {
+                label: format!("{clone} (return)"),
+                program: "birth_ret",
+                path: bin.path.clone(),
+                file_offset: off,
+                point: ProbePoint {
+                    offset: 0,
+                    emulated: disasm::kernel_emulates(&first),
+                    instruction: format!("{first}"),
+                },
+            });
+        }
+    }
+    for name in hooks::FREES {
+        // `.isra` clones may have their arguments rewritten: only the real entry is read.
+        if let Some((vaddr, size)) = bin.symbol(name) {
+            probes.push(entry_probe(interp, name, vaddr, size, Register::RDI, "free_arg0")?);
+        }
+    }
+    if probes.is_empty() {
+        bail!("none of the functions leakscope hooks is exported by {}", interp.target_path);
+    }
+    Ok(Plan { coverage: Coverage::Partial, probes })
+}
+
+fn entry_probe(
+    interp: &Interpreter,
+    name: &str,
+    vaddr: u64,
+    size: u64,
+    arg: Register,
+    program: &'static str,
+) -> Result<ProbeSpec> {
+    let bin = &interp.binary;
+    let code = bin.bytes_at(vaddr, size.max(1)).with_context(|| format!("no code for {name}"))?;
+    let point = disasm::entry_probe(code, vaddr, arg);
+    Ok(ProbeSpec {
+        label: format!("{name}+{}", point.offset),
+        program,
+        path: bin.path.clone(),
+        file_offset: bin.vaddr_to_offset(vaddr).context("symbol outside any segment")? + point.offset,
+        point,
+    })
+}
+
+/// `PyObject_Free(p)` is `mov rsi, rdi; mov rdi, [ctx]; jmp [slot]` in a non-LTO build:
+/// decode it to find the slot, read the function the interpreter really calls from the
+/// target's memory (pymalloc, or whatever `PYTHONMALLOC`/an embedder installed), and probe
+/// that function, whose second argument is the pointer.
+fn allocator_slot_probe(process: &Process, interp: &Interpreter, wrapper: &str) -> Result<ProbeSpec> {
+    let bin = &interp.binary;
+    let (vaddr, size) = bin.symbol(wrapper).with_context(|| format!("{wrapper} not found"))?;
+    let code = bin.bytes_at(vaddr, size.max(16)).context("no code")?;
+    let slot = Decoder::with_ip(64, code, vaddr, DecoderOptions::NONE)
+        .into_iter()
+        .take(8)
+        .find(|i| {
+            matches!(i.flow_control(), FlowControl::IndirectBranch | FlowControl::IndirectCall)
+                && i.is_ip_rel_memory_operand()
+        })
+        .map(|i| i.ip_rel_memory_address())
+        .with_context(|| format!("{wrapper} does not jump through an allocator table"))?;
+    let func = process.memory().u64(slot + interp.bias).context("reading the allocator table")?;
+    let maps = process.maps()?;
+    let m = maps
+        .iter()
+        .find(|m| func >= m.start && func < m.end && m.path.starts_with('/'))
+        .with_context(|| format!("allocator function {func:#x} is not in a mapped file"))?;
+    let file_offset = func - m.start + m.offset;
+    let path = process.host_path(&m.path);
+    let owner = if m.path == interp.target_path { None } else { Some(crate::elf::Binary::open(&path)?) };
+    let owner = owner.as_ref().unwrap_or(bin);
+    // Symbol of the function (for its size and name); without one, the entry is the only
+    // instruction boundary we know for sure.
+    let func_vaddr = owner.offset_to_vaddr(file_offset).context("allocator outside any segment")?;
+    let (label, point) = match owner.symbol_at(func_vaddr) {
+        Some((name, vaddr, size)) => {
+            let code = owner.bytes_at(vaddr, size).context("no code")?;
+            let p = disasm::entry_probe(code, vaddr, Register::RSI);
+            (format!("{name}+{}", p.offset), p)
+        }
+        None => {
+            let code = owner.bytes_at(func_vaddr, 16).unwrap_or(&[]);
+            let first = Decoder::with_ip(64, code, func_vaddr, DecoderOptions::NONE).decode();
+            (
+                format!("{wrapper} target {func:#x}"),
+                ProbePoint { offset: 0, emulated: disasm::kernel_emulates(&first), instruction: format!("{first}") },
+            )
+        }
+    };
+    Ok(ProbeSpec { label, program: "free_arg1", path, file_offset: file_offset + point.offset, point })
+}
+

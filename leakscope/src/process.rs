@@ -1,0 +1,158 @@
+//! The target process as seen through `/proc`: existence, memory maps, its files (through
+//! `/proc/<pid>/root`, so chroots and containers work) and reads of its memory.
+//! Read-only by construction: nothing here can write to or stop the target.
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+
+#[derive(Clone, Debug)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    pub perms: String,
+    /// The path as the target sees it (inside its own mount namespace / root).
+    pub path: String,
+}
+
+pub struct Process {
+    pub pid: u32,
+    pub comm: String,
+    start_time: u64,
+}
+
+impl Process {
+    pub fn open(pid: u32) -> Result<Process> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_err(|_| anyhow::anyhow!("no process with pid {pid}"))?;
+        let (comm, start_time) = parse_stat(&stat).context("unreadable /proc/<pid>/stat")?;
+        Ok(Process { pid, comm, start_time })
+    }
+
+    /// True while the same process (not a reused pid) is running and not a zombie.
+    pub fn alive(&self) -> bool {
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            Ok(stat) => match parse_stat(&stat) {
+                Some((_, start)) if start == self.start_time => {
+                    !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')
+                }
+                _ => false,
+            },
+            Err(_) => false,
+        }
+    }
+
+    pub fn maps(&self) -> Result<Vec<Mapping>> {
+        let text = std::fs::read_to_string(format!("/proc/{}/maps", self.pid))
+            .with_context(|| format!("reading /proc/{}/maps", self.pid))?;
+        Ok(parse_maps(&text))
+    }
+
+    /// A file of the target, reached through the target's root (chroot/container aware).
+    pub fn host_path(&self, target_path: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{}", self.pid, target_path))
+    }
+
+    pub fn memory(&self) -> Memory {
+        Memory { pid: self.pid }
+    }
+}
+
+/// `(comm, starttime)` from `/proc/<pid>/stat`; comm may contain spaces and parentheses.
+fn parse_stat(stat: &str) -> Option<(String, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_string();
+    // Fields after the comm start at field 3 (state); starttime is field 22.
+    let start = stat[close + 2..].split_whitespace().nth(19)?.parse().ok()?;
+    Some((comm, start))
+}
+
+pub fn parse_maps(text: &str) -> Vec<Mapping> {
+    text.lines()
+        .filter_map(|line| {
+            let mut it = line.split_whitespace();
+            let range = it.next()?;
+            let perms = it.next()?.to_string();
+            let offset = u64::from_str_radix(it.next()?, 16).ok()?;
+            let _dev = it.next()?;
+            let _inode = it.next()?;
+            let path = it.collect::<Vec<_>>().join(" ");
+            let (s, e) = range.split_once('-')?;
+            Some(Mapping {
+                start: u64::from_str_radix(s, 16).ok()?,
+                end: u64::from_str_radix(e, 16).ok()?,
+                offset,
+                perms,
+                path,
+            })
+        })
+        .collect()
+}
+
+/// Reads of the target's memory with `process_vm_readv` (needs ptrace access: root or
+/// CAP_SYS_PTRACE). Every read can fail on a running heap; callers treat failure as data.
+#[derive(Clone, Copy)]
+pub struct Memory {
+    pid: u32,
+}
+
+impl Memory {
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        let remote = libc::iovec { iov_base: addr as *mut _, iov_len: buf.len() };
+        let n = unsafe { libc::process_vm_readv(self.pid as i32, &local, 1, &remote, 1, 0) };
+        if n < 0 {
+            bail!("reading {} bytes at {addr:#x}: {}", buf.len(), std::io::Error::last_os_error());
+        }
+        if n as usize != buf.len() {
+            bail!("short read at {addr:#x}");
+        }
+        Ok(())
+    }
+
+    pub fn u64(&self, addr: u64) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.read(addr, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// A NUL-terminated string of at most `max` bytes.
+    pub fn cstr(&self, addr: u64, max: usize) -> Result<String> {
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 64];
+        while out.len() < max {
+            // Don't cross a page boundary in one read: the next page may be unmapped.
+            let room = (4096 - (addr as usize + out.len()) % 4096).min(chunk.len());
+            self.read(addr + out.len() as u64, &mut chunk[..room])?;
+            if let Some(nul) = chunk[..room].iter().position(|&b| b == 0) {
+                out.extend_from_slice(&chunk[..nul]);
+                return Ok(String::from_utf8_lossy(&out).into_owned());
+            }
+            out.extend_from_slice(&chunk[..room]);
+        }
+        bail!("string at {addr:#x} longer than {max} bytes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_odd_comm() {
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_stat(stat), Some(("a (b) c".to_string(), 987654)));
+    }
+
+    #[test]
+    fn maps_line() {
+        let m = parse_maps(
+            "7f00-7f80 r-xp 0001c000 08:01 1234  /opt/py/lib/libpython3.11.so.1.0\n\
+             7f90-7fa0 rw-p 00000000 00:00 0 \n",
+        );
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].offset, 0x1c000);
+        assert_eq!(m[0].path, "/opt/py/lib/libpython3.11.so.1.0");
+        assert_eq!(m[1].path, "");
+    }
+}

@@ -1,0 +1,134 @@
+//! The kernel side, seen from user space: load the embedded BPF object, attach the plan's
+//! probes to the target, drain the ring buffer, read the counters. Nothing here interprets
+//! events; that is `aggregate`'s job.
+use crate::plan::{Plan, ProbeSpec};
+use anyhow::{Context, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{UProbe, uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope}},
+};
+use leakscope_common::{DROP_KINDS, Event, MAX_PROBES};
+use std::{num::NonZeroU32, os::fd::OwnedFd};
+
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakscope.bpf.o"));
+pub const PROGRAMS: [&str; 4] = ["birth_arg0", "birth_ret", "free_arg0", "free_arg1"];
+
+pub struct Tracer {
+    ebpf: Ebpf,
+    events: RingBuf<MapData>,
+    hits: PerCpuArray<MapData, u64>,
+    drops: PerCpuArray<MapData, u64>,
+    _stats: Option<OwnedFd>,
+}
+
+/// Uprobes need the kernel's uprobe PMU (CONFIG_UPROBES / CONFIG_UPROBE_EVENTS).
+pub fn check_uprobe_support(sysfs: &std::path::Path) -> Result<()> {
+    if !sysfs.join("type").exists() {
+        bail!(
+            "this kernel has no uprobe support ({} is missing): leakscope needs \
+             CONFIG_UPROBES and CONFIG_UPROBE_EVENTS",
+            sysfs.display()
+        );
+    }
+    Ok(())
+}
+
+impl Tracer {
+    pub fn attach(plan: &Plan, pid: u32, stats: bool) -> Result<Tracer> {
+        if BPF_OBJECT.is_empty() {
+            bail!("this leakscope was built without its BPF object: run `cargo xtask build-ebpf`, then rebuild");
+        }
+        if plan.probes.len() > MAX_PROBES as usize {
+            bail!("{} probes planned, at most {MAX_PROBES} fit", plan.probes.len());
+        }
+        // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; raising it may fail
+        // (no CAP_SYS_RESOURCE) and newer kernels don't need it, so failure is fine.
+        let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+
+        let _stats = if stats {
+            Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling kernel BPF run-time stats")?)
+        } else {
+            None
+        };
+        let mut ebpf = EbpfLoader::new().load(BPF_OBJECT).map_err(explain)?;
+        for name in PROGRAMS {
+            let prog: &mut UProbe = ebpf.program_mut(name).unwrap().try_into()?;
+            prog.load().map_err(|e| explain(e).context(format!("loading BPF program {name}")))?;
+        }
+        let pid = NonZeroU32::new(pid).context("pid 0")?;
+        for (i, spec) in plan.probes.iter().enumerate() {
+            attach_one(&mut ebpf, i as u64, spec, pid)?;
+        }
+        let events = RingBuf::try_from(ebpf.take_map("EVENTS").unwrap())?;
+        let hits = PerCpuArray::try_from(ebpf.take_map("HITS").unwrap())?;
+        let drops = PerCpuArray::try_from(ebpf.take_map("DROPS").unwrap())?;
+        Ok(Tracer { ebpf, events, hits, drops, _stats })
+    }
+
+    /// Hands every queued event to `f`; returns how many there were.
+    pub fn drain(&mut self, mut f: impl FnMut(Event)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.events.next() {
+            if item.len() >= size_of::<Event>() {
+                f(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+        map.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
+    pub fn hits(&self, probes: usize) -> Vec<u64> {
+        (0..probes as u32).map(|i| Self::sum(&self.hits, i)).collect()
+    }
+
+    pub fn drops(&self) -> [u64; DROP_KINDS as usize] {
+        std::array::from_fn(|i| Self::sum(&self.drops, i as u32))
+    }
+
+    /// `(program, runs, run time ns)` from the kernel's BPF stats (only with `--stats`).
+    pub fn program_stats(&self) -> Vec<(String, u64, u64)> {
+        PROGRAMS
+            .iter()
+            .filter_map(|&name| {
+                let prog: &UProbe = self.ebpf.program(name)?.try_into().ok()?;
+                let info = prog.info().ok()?;
+                Some((name.to_string(), info.run_count(), info.run_time().as_nanos() as u64))
+            })
+            .collect()
+    }
+}
+
+fn attach_one(ebpf: &mut Ebpf, cookie: u64, spec: &ProbeSpec, pid: NonZeroU32) -> Result<()> {
+    let prog: &mut UProbe = ebpf.program_mut(spec.program).unwrap().try_into()?;
+    let point = UProbeAttachPoint {
+        location: UProbeAttachLocation::AbsoluteOffset(spec.file_offset),
+        cookie: Some(cookie),
+    };
+    prog.attach(point, &spec.path, UProbeScope::OneProcess(pid))
+        .map_err(|e| explain(e).context(format!("attaching a uprobe at {} in {}", spec.label, spec.path.display())))?;
+    Ok(())
+}
+
+/// Turns permission errors into the sentence a user needs.
+fn explain<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error {
+    let text = format!("{e:#}").to_lowercase();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    let mut eperm = text.contains("operation not permitted") || text.contains("permission denied");
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            eperm |= matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES));
+        }
+        source = s.source();
+    }
+    if eperm {
+        anyhow!(e).context(crate::NEEDS_PRIVILEGES)
+    } else {
+        anyhow!(e)
+    }
+}

@@ -1,0 +1,136 @@
+//! Type objects of the target, resolved from its memory and cached by address:
+//! name (module-qualified for heap types), sizes, flags, and whether this build's probes
+//! see every birth and death of the type's instances.
+use crate::process::Memory;
+use crate::python::{self, Version, dict};
+use hashbrown::HashMap;
+
+#[derive(Clone, Debug)]
+pub struct TypeInfo {
+    pub name: String,
+    pub basicsize: u64,
+    pub itemsize: u64,
+    pub preheader: u64,
+    pub heap: bool,
+    /// Whether births of this type are counted (see `Resolver::new`'s `all_types`).
+    pub tracked: bool,
+    /// `tp_name` pointer when resolved; a change means the address now holds another type.
+    tp_name: u64,
+}
+
+pub struct Resolver {
+    mem: Memory,
+    version: Version,
+    /// Address ranges of the interpreter image (its static types live there).
+    interpreter: Vec<(u64, u64)>,
+    /// This build's probes see every object (complete) or only heap and extension types.
+    all_types: bool,
+    cache: HashMap<u64, TypeInfo>,
+    pub failed_reads: u64,
+}
+
+impl Resolver {
+    pub fn new(mem: Memory, version: Version, interpreter: Vec<(u64, u64)>, all_types: bool) -> Self {
+        Resolver { mem, version, interpreter, all_types, cache: HashMap::new(), failed_reads: 0 }
+    }
+
+    pub fn get(&mut self, type_ptr: u64) -> Option<&TypeInfo> {
+        if !self.cache.contains_key(&type_ptr) {
+            match self.resolve(type_ptr) {
+                Some(info) => {
+                    self.cache.insert(type_ptr, info);
+                }
+                None => {
+                    self.failed_reads += 1;
+                    return None;
+                }
+            }
+        }
+        self.cache.get(&type_ptr)
+    }
+
+    /// Drops cache entries whose type object was replaced (heap types can be freed and their
+    /// address reused). Called once per report: one read per cached heap type.
+    pub fn revalidate(&mut self) {
+        let mem = self.mem;
+        self.cache.retain(|&addr, info| {
+            !info.heap || mem.u64(addr + python::TP_NAME).is_ok_and(|p| p == info.tp_name)
+        });
+    }
+
+    fn resolve(&self, t: u64) -> Option<TypeInfo> {
+        let mut raw = [0u8; 24];
+        self.mem.read(t + python::TP_NAME, &mut raw).ok()?;
+        let word = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap());
+        let (tp_name, basicsize, itemsize) = (word(0), word(1), word(2));
+        let flags = self.mem.u64(t + python::TP_FLAGS).ok()?;
+        if basicsize == 0 || basicsize > 1 << 20 {
+            return None; // not a type object
+        }
+        let short = self.mem.cstr(tp_name, 256).ok()?;
+        let heap = flags & python::TPFLAGS_HEAPTYPE != 0;
+        let name = if heap && !short.contains('.') {
+            match self.module_of(t) {
+                Some(m) if m != "builtins" => format!("{m}.{short}"),
+                _ => short,
+            }
+        } else {
+            short
+        };
+        let in_interpreter = self.interpreter.iter().any(|&(s, e)| t >= s && t < e);
+        Some(TypeInfo {
+            name,
+            basicsize,
+            itemsize,
+            preheader: python::preheader_size(self.version, flags),
+            heap,
+            tracked: self.all_types || heap || !in_interpreter,
+            tp_name,
+        })
+    }
+
+    /// `type.__module__` of a heap type: the `__module__` entry of its `tp_dict`.
+    fn module_of(&self, t: u64) -> Option<String> {
+        let d = self.mem.u64(t + python::TP_DICT).ok()?;
+        let keys = self.mem.u64(d + dict::MA_KEYS).ok()?;
+        let (entries, n, stride, key_at) = if self.version.minor >= 11 {
+            let mut h = [0u8; 3];
+            self.mem.read(keys + dict::DK_LOG2_SIZE, &mut h).ok()?;
+            let (_log2_size, log2_index_bytes, kind) = (h[0], h[1], h[2]);
+            let n = self.mem.u64(keys + dict::DK_NENTRIES_311).ok()?;
+            let entries = keys + dict::DK_INDICES_311 + (1u64 << log2_index_bytes);
+            if kind == 0 { (entries, n, 24, 8) } else { (entries, n, 16, 0) }
+        } else {
+            let size = self.mem.u64(keys + dict::DK_SIZE_39).ok()?;
+            let n = self.mem.u64(keys + dict::DK_NENTRIES_39).ok()?;
+            let width = match size {
+                0..=0xff => 1,
+                0x100..=0xffff => 2,
+                0x1_0000..=0xffff_ffff => 4,
+                _ => 8,
+            };
+            (keys + dict::DK_INDICES_39 + size * width, n, 24, 8)
+        };
+        for i in 0..n.min(256) {
+            let e = entries + i * stride;
+            let key = self.mem.u64(e + key_at).ok()?;
+            if key != 0 && self.ascii(key).as_deref() == Some("__module__") {
+                return self.ascii(self.mem.u64(e + key_at + 8).ok()?);
+            }
+        }
+        None
+    }
+
+    /// A compact ASCII `str` (names of modules and attributes are).
+    fn ascii(&self, s: u64) -> Option<String> {
+        let len = self.mem.u64(s + python::STR_LENGTH).ok()?;
+        let state = self.mem.u64(s + python::STR_STATE).ok()? as u32;
+        let (compact, ascii) = (state >> 5 & 1, state >> 6 & 1);
+        if compact == 0 || ascii == 0 || len > 512 {
+            return None;
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.mem.read(s + python::ascii_data_offset(self.version), &mut buf).ok()?;
+        String::from_utf8(buf).ok()
+    }
+}
