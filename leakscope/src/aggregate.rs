@@ -28,8 +28,12 @@ struct TypeCounters {
     deaths: u64,
     interval_births: u64,
     interval_deaths: u64,
-    /// Live count at each snapshot (index 0 = attach, always 0).
-    history: Vec<u64>,
+    /// Lowest live count seen in the current interval.
+    floor: u64,
+    /// Live count at each snapshot (index 0 = attach, always 0): gives the rate.
+    lives: Vec<u64>,
+    /// Lowest live count in each interval (index 0 = attach, always 0): decides growth.
+    floors: Vec<u64>,
 }
 
 /// What a birth event tells, once user space has looked at the type.
@@ -67,9 +71,11 @@ pub struct TypeRow {
     pub growing: bool,
 }
 
-/// A type "keeps growing" when, over at least this many intervals since attach, ...
-pub const MIN_INTERVALS: usize = 3;
-/// ...its live count set a new high in at least 3 of every 4 intervals, and...
+/// A type "keeps growing" when its *floor* (the lowest live count within an interval) keeps
+/// rising: garbage that waits for the collector, temporaries and freelists make live counts
+/// saw up and down, but only a leak lifts the floor. Over at least this many intervals...
+pub const MIN_INTERVALS: usize = 4;
+/// ...its floor set a new high in at least 3 of every 4 intervals, and...
 pub const HIGHS_NUM: usize = 3;
 pub const HIGHS_DEN: usize = 4;
 /// ...it gained at least this many objects and at least 1/200 of its births.
@@ -90,6 +96,7 @@ impl Aggregator {
             Some(o) => {
                 let t = self.types.get_mut(&o.type_ptr).expect("live object of unknown type");
                 t.live -= 1;
+                t.floor = t.floor.min(t.live);
                 t.live_bytes -= o.bytes;
                 t.deaths += 1;
                 t.interval_deaths += 1;
@@ -114,7 +121,8 @@ impl Aggregator {
         }
         let snapshots = self.times.len();
         let t = self.types.entry(b.type_ptr).or_insert_with(|| TypeCounters {
-            history: vec![0; snapshots],
+            lives: vec![0; snapshots],
+            floors: vec![0; snapshots],
             ..Default::default()
         });
         t.live += 1;
@@ -145,7 +153,9 @@ impl Aggregator {
         self.times.push(elapsed);
         let mut rows = Vec::with_capacity(self.types.len());
         for (&type_ptr, t) in self.types.iter_mut() {
-            t.history.push(t.live);
+            t.lives.push(t.live);
+            t.floors.push(t.floor);
+            t.floor = t.live;
             rows.push(TypeRow {
                 type_ptr,
                 name: name_of(type_ptr),
@@ -155,8 +165,8 @@ impl Aggregator {
                 deaths: t.deaths,
                 interval_births: t.interval_births,
                 interval_deaths: t.interval_deaths,
-                rate_per_s: slope(&self.times, &t.history),
-                growing: keeps_growing(&t.history, t.births),
+                rate_per_s: slope(&self.times, &t.lives),
+                growing: keeps_growing(&t.floors, t.births),
             });
             t.interval_births = 0;
             t.interval_deaths = 0;
@@ -172,22 +182,22 @@ impl Aggregator {
     }
 }
 
-/// The growth rule (see the constants above): a new high in most intervals, and a net
-/// gain that is neither tiny nor a negligible share of the type's births.
-pub fn keeps_growing(history: &[u64], births: u64) -> bool {
-    let intervals = history.len().saturating_sub(1);
+/// The growth rule (see the constants above), over the per-interval floors: a new high in
+/// most intervals, and a net gain that is neither tiny nor a negligible share of births.
+pub fn keeps_growing(floors: &[u64], births: u64) -> bool {
+    let intervals = floors.len().saturating_sub(1);
     if intervals < MIN_INTERVALS {
         return false;
     }
-    let mut high = history[0];
+    let mut high = floors[0];
     let mut highs = 0;
-    for &live in &history[1..] {
-        if live > high {
+    for &floor in &floors[1..] {
+        if floor > high {
             highs += 1;
-            high = live;
+            high = floor;
         }
     }
-    let net = history[intervals].saturating_sub(history[0]);
+    let net = floors[intervals].saturating_sub(floors[0]);
     highs * HIGHS_DEN >= intervals * HIGHS_NUM
         && net >= MIN_NET_GROWTH
         && net * 1000 >= births * MIN_SURVIVING_PER_MILLE
@@ -251,6 +261,29 @@ mod tests {
         assert_eq!(r.live_bytes, 500 * 64);
         assert!((r.rate_per_s - 100.0).abs() < 1e-9, "{}", r.rate_per_s);
         assert_eq!((r.interval_births, r.interval_deaths), (100, 0));
+    }
+
+    #[test]
+    fn test_garbage_emptied_by_the_collector_is_not_growing() {
+        // GIVEN cycles that pile up and are freed in bulk twice per interval, and sampled at
+        // snapshots that happen to catch ever larger piles
+        let mut agg = Aggregator::new();
+        let mut addr = 0x100_0000u64;
+        for s in 1..=6u64 {
+            for _ in 0..2 {
+                let pile: Vec<u64> = (0..100).map(|_| { addr += 64; addr }).collect();
+                for &a in &pile { agg.birth(a, b(TMP, 16)); }
+                for &a in &pile { agg.free(a - 16); }
+            }
+            for _ in 0..s * 20 {
+                addr += 64;
+                agg.birth(addr, b(TMP, 16));
+            }
+            let rows = agg.snapshot(s as f64, &mut names);
+            // THEN the live count rises at every snapshot, but the floor does not
+            assert!(!row(&rows, "tmp").growing, "snapshot {s}");
+            for a in (addr - s * 20 * 64 + 64..=addr).step_by(64) { agg.free(a - 16); }
+        }
     }
 
     #[test]
@@ -333,15 +366,16 @@ mod tests {
 
     #[test]
     fn growth_rule_cases() {
-        // (history, births, growing): the names of the cases are the spec
+        // (floors, births, growing): the names of the cases are the spec
         let cases: &[(&[u64], u64, bool, &str)] = &[
-            (&[0, 10, 20, 30], 30, true, "steady leak"),
-            (&[0, 10, 20], 20, false, "too few intervals"),
+            (&[0, 10, 20, 30, 40], 40, true, "steady leak"),
+            (&[0, 10, 20, 30], 30, false, "too few intervals"),
             (&[0, 50, 40, 55, 45, 52, 48], 100_000, false, "plateau with noise"),
+            (&[0, 0, 0, 0, 0, 0], 5_000, false, "sawtooth: the collector empties it every interval"),
             (&[0, 2, 4, 6, 8], 8, false, "too small to matter"),
             (&[0, 100, 200, 300, 400], 1_000_000, false, "0.04% of a huge churn survives"),
             (&[0, 100, 200, 300, 400], 10_000, true, "4% of births survive"),
-            (&[0, 100, 200, 200, 300, 400], 400, true, "one flat interval of five"),
+            (&[0, 0, 100, 200, 300, 400], 400, true, "the first interval's floor is the attach"),
             (&[0, 100, 100, 100, 300], 300, false, "mostly flat"),
         ];
         for &(h, births, want, name) in cases {

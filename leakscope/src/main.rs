@@ -43,8 +43,9 @@ Examples:
 
 Every report counts objects born since attach: LIVE and LIVE BYTES are the ones still
 alive, +BORN/-DIED happened in the last interval, RATE/s is the slope of LIVE over the
-whole trace. A type marked ▲ keeps growing: a new high in at least 3 of 4 intervals
-(at least 3 intervals), a net gain of at least 10 objects and at least 0.5% of its births.
+whole trace. A type marked ▲ keeps growing: its floor (lowest LIVE within an interval)
+set a new high in at least 3 of 4 intervals
+(at least 4 intervals), a net gain of at least 10 objects and at least 0.5% of its births.
 The final report (on Ctrl-C, --duration, or when the target exits) shows totals.")]
     Trace(TraceArgs),
 }

@@ -33,8 +33,9 @@ while True:
         p = Plain(i)
         q = Slotted(i)
         if i % 100 == 0:
-            Cycle()
+            Cycle()  # garbage only the collector frees
+        if i % 20_000 == 0:
+            gc.collect()
         del d, t, f, s, l, p, q
-    gc.collect()
     n += 1
     print(f"{n * 100_000 * 8} objects", flush=True)

@@ -1,0 +1,84 @@
+//! Bad input: one clear line on stderr, a non-zero exit, never a panic or a hang.
+use crate::support::*;
+use std::process::Command;
+use std::time::Duration;
+
+const QUICK: Duration = Duration::from_secs(30);
+
+fn one_line_error(run: &Run, needle: &str) {
+    assert_ne!(run.code, Some(0), "must fail: {}", run.stderr);
+    let lines: Vec<_> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {:?}", run.stderr);
+    assert!(lines[0].starts_with("leakscope: error: "), "{}", lines[0]);
+    assert!(lines[0].contains(needle), "{:?} not in {:?}", needle, lines[0]);
+    assert!(!run.stderr.contains("panicked"));
+}
+
+#[test]
+fn no_such_pid() {
+    let mut c = Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    let run = leakscope(&["trace", "--pid", &pid.to_string()], QUICK);
+    one_line_error(&run, &format!("no process with pid {pid}"));
+}
+
+#[test]
+fn not_python() {
+    if !privileged() {
+        return;
+    }
+    let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+    let run = leakscope(&["trace", "--pid", &sleeper.id().to_string()], QUICK);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    one_line_error(&run, "(sleep) is not running CPython");
+}
+
+#[test]
+fn unsupported_version_names_the_supported_ones() {
+    if !privileged() {
+        return;
+    }
+    let target = python(&pyenv("3.8.18"), "leak.py", &["10"]);
+    let run = leakscope(&["trace", "--pid", &target.pid.to_string()], QUICK);
+    one_line_error(&run, "runs Python 3.8.18, which leakscope does not support (supported: 3.9, 3.10, 3.11, 3.12 and 3.13)");
+}
+
+#[test]
+fn no_privileges_names_the_capabilities() {
+    if !privileged() {
+        return;
+    }
+    let target = python(&pyenv("3.11.7"), "leak.py", &["10"]);
+    // Drop to `nobody` with no capabilities at all.
+    let run = leakscope_cmd(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+            .arg(env!("CARGO_BIN_EXE_leakscope"))
+            .args(["trace", "--pid", &target.pid.to_string()]),
+        QUICK,
+    );
+    one_line_error(&run, "needs root, or the capabilities CAP_BPF and CAP_PERFMON");
+}
+
+#[test]
+fn target_exiting_mid_trace_gives_a_final_report_and_exit_0() {
+    if !privileged() {
+        return;
+    }
+    let target = python(&pyenv("3.11.7"), "exits.py", &["3"]);
+    let run = leakscope(&["trace", "--pid", &target.pid.to_string(), "--json", "--interval", "1"], QUICK);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let last = run.last();
+    assert_eq!(last["kind"], "final");
+    assert_eq!(last["reason"], "target exited");
+    assert!(row(&last, "__main__.Leak").is_some(), "{last}");
+}
+
+#[test]
+fn bad_arguments_exit_non_zero() {
+    let run = leakscope(&["trace", "--pid", "1", "--interval", "0"], QUICK);
+    assert_eq!(run.code, Some(2));
+    assert!(run.stderr.contains("is not a positive number of seconds"), "{}", run.stderr);
+}

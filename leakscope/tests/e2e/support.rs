@@ -1,0 +1,201 @@
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// True when the test may run. Not root: a failure in CI, a visible skip elsewhere.
+pub fn privileged() -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("privileged test cannot run: not root (CI must run the tests as root)");
+    }
+    eprintln!("SKIPPED: privileged test needs root");
+    false
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub fn script(name: &str) -> PathBuf {
+    repo().join("tests/python").join(name)
+}
+
+/// pyenv's shared, unoptimized build `X.Y.Z`; must exist on this machine.
+pub fn pyenv(version: &str) -> PathBuf {
+    let root = std::env::var("PYENV_ROOT").unwrap_or_else(|_| format!("{}/.pyenv", std::env::var("HOME").unwrap()));
+    let minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
+    let p = PathBuf::from(format!("{root}/versions/{version}/bin/python{minor}"));
+    assert!(p.exists(), "{} is missing: these tests need pyenv's {version}", p.display());
+    p
+}
+
+/// Debian's static, LTO+PGO `python3.11`.
+pub fn debian_python() -> PathBuf {
+    let p = PathBuf::from("/usr/bin/python3.11");
+    assert!(p.exists(), "/usr/bin/python3.11 is missing");
+    p
+}
+
+/// A running target process; killed when dropped.
+pub struct Target {
+    pub child: Child,
+    pub pid: u32,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cmd` and waits for it to print `ready` (at most 30 s); the rest of its output is
+/// drained in the background.
+pub fn start(mut cmd: Command) -> Target {
+    cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+    let mut child = cmd.spawn().expect("starting the target");
+    let pid = child.id();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut target = Target { child, pid };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if out.read_line(&mut line).unwrap_or(0) == 0 || Instant::now() > deadline {
+            let _ = target.child.kill();
+            panic!("target {cmd:?} did not get ready: {:?}", target.child.wait());
+        }
+        if line.trim() == "ready" {
+            break;
+        }
+    }
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while out.read_line(&mut sink).unwrap_or(0) > 0 {
+            sink.clear();
+        }
+    });
+    target
+}
+
+pub fn python(interpreter: &Path, script_name: &str, args: &[&str]) -> Target {
+    let mut cmd = Command::new(interpreter);
+    cmd.arg("-u").arg(script(script_name)).args(args);
+    start(cmd)
+}
+
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The reports printed with `--json`, in order.
+    pub fn reports(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).expect("a report line is JSON"))
+            .collect()
+    }
+
+    pub fn last(&self) -> Value {
+        let r = self.reports();
+        assert!(!r.is_empty(), "no report; stderr: {}", self.stderr);
+        r.last().unwrap().clone()
+    }
+}
+
+/// Runs `leakscope` with `args`; it must finish within `limit` (a hang is a failure).
+pub fn leakscope(args: &[&str], limit: Duration) -> Run {
+    leakscope_cmd(Command::new(env!("CARGO_BIN_EXE_leakscope")).args(args), limit)
+}
+
+pub fn leakscope_cmd(cmd: &mut Command, limit: Duration) -> Run {
+    let dir = tempdir("run");
+    let (out, err) = (dir.join("out"), dir.join("err"));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("running leakscope");
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("leakscope {cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let run = Run {
+        code: status.code(),
+        stdout: std::fs::read_to_string(out).unwrap(),
+        stderr: std::fs::read_to_string(err).unwrap(),
+    };
+    let _ = std::fs::remove_dir_all(dir);
+    run
+}
+
+/// `trace --pid P --json --interval 2 --duration D` plus `extra`.
+pub fn trace(pid: u32, duration: u32, extra: &[&str]) -> Run {
+    let (p, d) = (pid.to_string(), duration.to_string());
+    let mut args = vec!["trace", "--pid", &p, "--json", "--interval", "2", "--duration", &d];
+    args.extend_from_slice(extra);
+    let run = leakscope(&args, Duration::from_secs(duration as u64 + 60));
+    assert_eq!(run.code, Some(0), "leakscope failed: {}", run.stderr);
+    run
+}
+
+pub fn tempdir(tag: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("leakscope-test-{}-{tag}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Compiles `tests/ext/leakext.c` against `interpreter`'s headers; returns the directory
+/// to put on PYTHONPATH.
+pub fn build_leakext(interpreter: &Path) -> PathBuf {
+    let q = |expr: &str| {
+        let out = Command::new(interpreter).args(["-c", &format!("import sysconfig; print({expr})")]).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let include = q("sysconfig.get_paths()['include']");
+    let suffix = q("sysconfig.get_config_var('EXT_SUFFIX')");
+    let dir = tempdir("ext");
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-I", &include, "-o"])
+        .arg(dir.join(format!("leakext{suffix}")))
+        .arg(repo().join("tests/ext/leakext.c"))
+        .status()
+        .expect("running cc");
+    assert!(status.success(), "compiling leakext against {include}");
+    dir
+}
+
+/// The row of type `name` in a report.
+pub fn row<'a>(report: &'a Value, name: &str) -> Option<&'a Value> {
+    report["types"].as_array().unwrap().iter().find(|t| t["name"] == name)
+}
+
+pub fn assert_no_losses(report: &Value) {
+    let l = &report["lost"];
+    assert_eq!((l["ringbuf_full"].as_u64(), l["kernel_read_failed"].as_u64()), (Some(0), Some(0)), "losses: {l}");
+}
+
+/// `rate` within `pct`% of `truth`.
+pub fn assert_rate(rate: f64, truth: f64, pct: f64, what: &str) {
+    assert!((rate - truth).abs() <= truth * pct / 100.0, "{what}: rate {rate:.1}/s, truth {truth}/s (±{pct}%)");
+}

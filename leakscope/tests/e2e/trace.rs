@@ -1,0 +1,164 @@
+//! `trace` against real interpreters: leaks are found at the right rate, churn is not.
+use crate::support::*;
+use std::path::Path;
+
+const RATE: f64 = 2000.0;
+
+/// A script appending instances of its own class at RATE/s: that class is on top, growing,
+/// at RATE within 10%, and nothing was lost.
+fn leaking_class_on_top(interpreter: &Path) {
+    let target = python(interpreter, "leak.py", &[&RATE.to_string()]);
+    let run = trace(target.pid, 10, &[]);
+    let last = run.last();
+    assert_eq!(last["kind"], "final");
+    assert_eq!(last["reason"], "duration");
+    let top = &last["types"][0];
+    assert_eq!(top["name"], "__main__.Leak", "report: {last}");
+    assert_eq!(top["growing"], true);
+    assert_rate(top["rate_per_s"].as_f64().unwrap(), RATE, 10.0, "__main__.Leak");
+    assert_eq!(top["deaths"], 0);
+    let growing: Vec<_> = last["types"].as_array().unwrap().iter().filter(|t| t["growing"] == true).collect();
+    assert_eq!(growing.len(), 1, "only the class leaks: {growing:?}");
+    assert_no_losses(&last);
+}
+
+/// Millions of objects born and freed (dicts, tuples, floats, strings, lists, instances
+/// with and without __slots__, cycles freed by the collector): no type grows in any report.
+fn churn_reports_nothing_growing(interpreter: &Path, min_births: u64) {
+    let target = python(interpreter, "churn.py", &[]);
+    let run = trace(target.pid, 14, &[]);
+    let reports = run.reports();
+    assert!(reports.len() >= 7, "{} reports", reports.len());
+    for r in &reports {
+        let growing: Vec<_> = r["types"].as_array().unwrap().iter().filter(|t| t["growing"] == true).collect();
+        assert!(growing.is_empty(), "churn reported growth: {growing:?}");
+        assert_no_losses(r);
+    }
+    let last = reports.last().unwrap();
+    let births: u64 = last["types"].as_array().unwrap().iter().map(|t| t["births"].as_u64().unwrap()).sum();
+    assert!(births >= min_births, "only {births} births seen");
+    for class in ["__main__.Plain", "__main__.Slotted"] {
+        let r = row(last, class).unwrap_or_else(|| panic!("{class} not seen: {last}"));
+        assert!(r["births"].as_u64().unwrap() > 100_000, "{r}");
+        assert!(r["live"].as_u64().unwrap() <= 2, "{class} should be (almost) all dead: {r}");
+    }
+}
+
+#[test]
+fn pyenv_311_leaking_class_is_on_top_at_its_rate() {
+    if privileged() {
+        leaking_class_on_top(&pyenv("3.11.7"));
+    }
+}
+
+#[test]
+fn debian_311_leaking_class_is_on_top_at_its_rate() {
+    if privileged() {
+        leaking_class_on_top(&debian_python());
+    }
+}
+
+#[test]
+fn pyenv_311_churn_reports_nothing_growing() {
+    if privileged() {
+        churn_reports_nothing_growing(&pyenv("3.11.7"), 2_000_000);
+    }
+}
+
+#[test]
+fn debian_311_churn_reports_nothing_growing() {
+    if privileged() {
+        churn_reports_nothing_growing(&debian_python(), 1_000_000);
+    }
+}
+
+/// The claim for complete builds, "all objects": builtins created inside the interpreter
+/// (dicts, floats) leak at a known rate and are reported at that rate.
+#[test]
+fn pyenv_311_sees_builtins_leaking() {
+    if !privileged() {
+        return;
+    }
+    let target = python(&pyenv("3.11.7"), "leak_builtins.py", &["1000"]);
+    let run = trace(target.pid, 10, &[]);
+    assert!(run.stderr.contains("sees all objects"), "{}", run.stderr);
+    let last = run.last();
+    for name in ["dict", "float"] {
+        let r = row(&last, name).unwrap_or_else(|| panic!("{name} missing: {last}"));
+        assert_eq!(r["growing"], true, "{r}");
+        assert_rate(r["rate_per_s"].as_f64().unwrap(), 1000.0, 10.0, name);
+    }
+    assert_no_losses(&last);
+}
+
+/// The claim for optimized builds: builtins made inside the interpreter are not visible, and
+/// the report says so instead of showing partial numbers for them.
+#[test]
+fn debian_311_says_builtins_are_not_visible() {
+    if !privileged() {
+        return;
+    }
+    let target = python(&debian_python(), "leak_builtins.py", &["1000"]);
+    let run = trace(target.pid, 6, &[]);
+    assert!(run.stderr.contains("builtins created inside this optimized interpreter are not visible"), "{}", run.stderr);
+    let last = run.last();
+    for name in ["dict", "float", "tuple", "str"] {
+        assert!(row(&last, name).is_none(), "{name} must not be reported on this build: {last}");
+    }
+}
+
+/// Both builds: objects of C-extension types (PyObject_New and PyObject_GC_New through the
+/// extension's PLT) are seen, at their rate, and their temporaries are not growth.
+fn extension_types_leaking(python: &Path) {
+    let ext = build_leakext(python);
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg("-u").arg(script("leak_ext.py")).arg("1000").env("PYTHONPATH", &ext);
+    let target = start(cmd);
+    let run = trace(target.pid, 10, &[]);
+    let last = run.last();
+    for name in ["leakext.Blob", "leakext.Node"] {
+        let r = row(&last, name).unwrap_or_else(|| panic!("{name} missing: {last}"));
+        assert_eq!(r["growing"], true, "{r}");
+        assert_rate(r["rate_per_s"].as_f64().unwrap(), 1000.0, 10.0, name);
+        // every temporary died: deaths == births - live
+        assert_eq!(r["births"].as_u64().unwrap() - r["live"].as_u64().unwrap(), r["deaths"].as_u64().unwrap());
+        assert!(r["deaths"].as_u64().unwrap() > 5_000, "{r}");
+    }
+    assert_no_losses(&last);
+    let _ = std::fs::remove_dir_all(ext);
+}
+
+#[test]
+fn pyenv_311_sees_c_extension_types() {
+    if privileged() {
+        extension_types_leaking(&pyenv("3.11.7"));
+    }
+}
+
+#[test]
+fn debian_311_sees_c_extension_types() {
+    if privileged() {
+        extension_types_leaking(&debian_python());
+    }
+}
+
+/// The text report names the leaking type with its marker; `--stats` adds probe hits and
+/// the BPF programs' run time.
+#[test]
+fn text_report_with_stats() {
+    if !privileged() {
+        return;
+    }
+    let target = python(&pyenv("3.11.7"), "leak.py", &["500"]);
+    let p = target.pid.to_string();
+    let run = leakscope(
+        &["trace", "--pid", &p, "--interval", "1", "--duration", "4", "--stats"],
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let final_report = run.stdout.split("final report (duration)").nth(1).expect(&run.stdout);
+    assert!(final_report.contains("▲ __main__.Leak"), "{final_report}");
+    assert!(final_report.contains("_Py_NewReference+7"), "{final_report}");
+    assert!(final_report.contains("ns/run (kernel bpf stats)"), "{final_report}");
+    assert!(final_report.contains("lost: 0 events"), "{final_report}");
+}
