@@ -35,26 +35,24 @@ fn minor_from_exe_name(path: &str) -> Option<u32> {
 impl Interpreter {
     pub fn find(process: &Process) -> Result<Interpreter> {
         let maps = process.maps()?;
-        let files: Vec<&str> = {
-            let mut v: Vec<&str> = maps.iter().map(|m| m.path.as_str()).filter(|p| p.starts_with('/')).collect();
-            v.dedup();
-            v
-        };
-        // A shared libpython wins; otherwise a mapped file that carries `_PyRuntime`.
+        // One mapping per file (the one at file offset 0).
+        let files: Vec<&Mapping> =
+            maps.iter().filter(|m| m.path.starts_with('/') && m.offset == 0).collect();
+        // A shared libpython wins; otherwise a mapped executable that carries `_PyRuntime`.
         let mut chosen = None;
-        if let Some(lib) = files.iter().find(|p| is_libpython(p).is_some()) {
-            chosen = Some((lib.to_string(), is_libpython(lib).flatten()));
+        if let Some(lib) = files.iter().find(|m| is_libpython(&m.path).is_some()) {
+            chosen = Some((*lib, is_libpython(&lib.path).flatten()));
         } else {
-            for path in files.iter().filter(|p| !p.contains(".so")) {
-                if let Ok(bin) = Binary::open(&process.host_path(path)) {
+            for m in files.iter().filter(|m| !m.path.contains(".so")) {
+                if let Ok(bin) = Binary::open(&process.file_of(m)) {
                     if bin.symbol("_PyRuntime").is_some() || bin.section(".PyRuntime").is_some() {
-                        chosen = Some((path.to_string(), minor_from_exe_name(path)));
+                        chosen = Some((*m, minor_from_exe_name(&m.path)));
                         break;
                     }
                 }
             }
         }
-        let Some((target_path, file_minor)) = chosen else {
+        let Some((mapping, file_minor)) = chosen else {
             bail!(
                 "process {} ({}) is not running CPython: no libpython3.X.so and no executable \
                  with _PyRuntime in its memory maps",
@@ -62,7 +60,8 @@ impl Interpreter {
                 process.comm
             );
         };
-        let binary = Binary::open(&process.host_path(&target_path))?;
+        let target_path = mapping.path.clone();
+        let binary = Binary::open(&process.file_of(mapping))?;
         let Some((major, minor, patch)) = binary.python_version(file_minor) else {
             bail!("cannot tell the Python version of {target_path}");
         };
@@ -75,7 +74,7 @@ impl Interpreter {
             );
         }
         let mine: Vec<&Mapping> = maps.iter().filter(|m| m.path == target_path).collect();
-        let base = mine.iter().find(|m| m.offset == 0).map(|m| m.start).unwrap_or(0);
+        let base = mapping.start;
         let bias = if binary.is_shared_object { base - binary.first_load_vaddr() } else { 0 };
         let ranges = mine.iter().map(|m| (m.start, m.end)).collect();
         Ok(Interpreter { target_path, binary, version, bias, ranges })

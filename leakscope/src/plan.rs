@@ -17,7 +17,7 @@ use crate::interpreter::Interpreter;
 use crate::process::Process;
 use crate::python::hooks;
 use anyhow::{Context, Result, bail};
-use iced_x86::{Decoder, DecoderOptions, FlowControl, Register};
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic, OpKind, Register};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,31 +128,24 @@ fn entry_probe(
     })
 }
 
-/// `PyObject_Free(p)` is `mov rsi, rdi; mov rdi, [ctx]; jmp [slot]` in a non-LTO build:
-/// decode it to find the slot, read the function the interpreter really calls from the
-/// target's memory (pymalloc, or whatever `PYTHONMALLOC`/an embedder installed), and probe
-/// that function, whose second argument is the pointer.
+/// `PyObject_Free(p)` is a thin wrapper in a non-LTO build that jumps through the object
+/// allocator table (`jmp [_PyObject.free]` ≤3.11; `mov rax, [GOT(_PyRuntime)]; jmp
+/// [rax+off]` 3.12+). Following it finds the function the interpreter really calls
+/// (pymalloc, or whatever `PYTHONMALLOC` or an embedder installed), which we then probe; its
+/// second argument is the pointer.
 fn allocator_slot_probe(process: &Process, interp: &Interpreter, wrapper: &str) -> Result<ProbeSpec> {
     let bin = &interp.binary;
     let (vaddr, size) = bin.symbol(wrapper).with_context(|| format!("{wrapper} not found"))?;
     let code = bin.bytes_at(vaddr, size.max(16)).context("no code")?;
-    let slot = Decoder::with_ip(64, code, vaddr, DecoderOptions::NONE)
-        .into_iter()
-        .take(8)
-        .find(|i| {
-            matches!(i.flow_control(), FlowControl::IndirectBranch | FlowControl::IndirectCall)
-                && i.is_ip_rel_memory_operand()
-        })
-        .map(|i| i.ip_rel_memory_address())
+    let func = jump_target(code, vaddr, interp.bias, &process.memory())
         .with_context(|| format!("{wrapper} does not jump through an allocator table"))?;
-    let func = process.memory().u64(slot + interp.bias).context("reading the allocator table")?;
     let maps = process.maps()?;
     let m = maps
         .iter()
         .find(|m| func >= m.start && func < m.end && m.path.starts_with('/'))
         .with_context(|| format!("allocator function {func:#x} is not in a mapped file"))?;
     let file_offset = func - m.start + m.offset;
-    let path = process.host_path(&m.path);
+    let path = process.file_of(m);
     let owner = if m.path == interp.target_path { None } else { Some(crate::elf::Binary::open(&path)?) };
     let owner = owner.as_ref().unwrap_or(bin);
     // Symbol of the function (for its size and name); without one, the entry is the only
@@ -176,3 +169,53 @@ fn allocator_slot_probe(process: &Process, interp: &Interpreter, wrapper: &str) 
     Ok(ProbeSpec { label, program: "free_arg1", path, file_offset: file_offset + point.offset, point })
 }
 
+
+/// Where the straight-line code at the start of a wrapper jumps to, by evaluating its loads
+/// against the target's memory: `mov reg, [rip+x]`, `mov reg, [reg+x]`, `mov reg, reg`, then
+/// `jmp [mem]` or `jmp reg`. Conditional branches are assumed not taken (the wrappers'
+/// error paths); anything else the evaluator does not know ends the search.
+fn jump_target(code: &[u8], vaddr: u64, bias: u64, mem: &crate::process::Memory) -> Option<u64> {
+    let mut regs: hashbrown::HashMap<Register, u64> = hashbrown::HashMap::new();
+    let address = |i: &iced_x86::Instruction, regs: &hashbrown::HashMap<Register, u64>| -> Option<u64> {
+        if i.is_ip_rel_memory_operand() {
+            Some(i.ip_rel_memory_address() + bias)
+        } else if i.memory_index() == Register::None {
+            Some(regs.get(&i.memory_base())?.wrapping_add(i.memory_displacement64()))
+        } else {
+            None
+        }
+    };
+    for i in Decoder::with_ip(64, code, vaddr, DecoderOptions::NONE).into_iter().take(16) {
+        match (i.mnemonic(), i.flow_control()) {
+            (Mnemonic::Jmp, FlowControl::IndirectBranch) => {
+                return match i.op0_kind() {
+                    OpKind::Memory => mem.u64(address(&i, &regs)?).ok(),
+                    OpKind::Register => regs.get(&i.op0_register().full_register()).copied(),
+                    _ => None,
+                };
+            }
+            (Mnemonic::Mov, _) if i.op0_kind() == OpKind::Register && i.op0_register().is_gpr64() => {
+                let dst = i.op0_register();
+                let value = match i.op1_kind() {
+                    OpKind::Memory => address(&i, &regs).and_then(|a| mem.u64(a).ok()),
+                    OpKind::Register => regs.get(&i.op1_register().full_register()).copied(),
+                    _ => None,
+                };
+                match value {
+                    Some(v) => regs.insert(dst, v),
+                    None => regs.remove(&dst),
+                };
+            }
+            (_, FlowControl::Next | FlowControl::ConditionalBranch) => {
+                // Any other write makes what we know of that register stale.
+                regs.retain(|r, _| !writes_register(&i, *r));
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+fn writes_register(i: &iced_x86::Instruction, reg: Register) -> bool {
+    (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).full_register() == reg && n == 0)
+}

@@ -9,8 +9,9 @@ pub struct Mapping {
     pub start: u64,
     pub end: u64,
     pub offset: u64,
-    pub perms: String,
-    /// The path as the target sees it (inside its own mount namespace / root).
+    pub inode: u64,
+    /// The path as the kernel shows it to us: inside the target's mount namespace, which for
+    /// a pivot_root'ed container is its root and for a plain chroot is not.
     pub path: String,
 }
 
@@ -47,9 +48,18 @@ impl Process {
         Ok(parse_maps(&text))
     }
 
-    /// A file of the target, reached through the target's root (chroot/container aware).
-    pub fn host_path(&self, target_path: &str) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/root{}", self.pid, target_path))
+    /// The file behind a mapping, as a path that resolves in *our* namespace (for reading
+    /// it and for attaching uprobes to it): `/proc/<pid>/root/<path>` when that is the
+    /// mapped inode (containers: the path is relative to their root), else the mapping's own
+    /// `/proc/<pid>/map_files/<start>-<end>` link (a chroot inside another mount namespace,
+    /// a deleted or replaced file), which always opens the exact mapped file.
+    pub fn file_of(&self, m: &Mapping) -> PathBuf {
+        use std::os::unix::fs::MetadataExt;
+        let via_root = PathBuf::from(format!("/proc/{}/root{}", self.pid, m.path));
+        match std::fs::metadata(&via_root) {
+            Ok(meta) if meta.ino() == m.inode => via_root,
+            _ => PathBuf::from(format!("/proc/{}/map_files/{:x}-{:x}", self.pid, m.start, m.end)),
+        }
     }
 
     pub fn memory(&self) -> Memory {
@@ -72,17 +82,17 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
         .filter_map(|line| {
             let mut it = line.split_whitespace();
             let range = it.next()?;
-            let perms = it.next()?.to_string();
+            let _perms = it.next()?;
             let offset = u64::from_str_radix(it.next()?, 16).ok()?;
             let _dev = it.next()?;
-            let _inode = it.next()?;
+            let inode = it.next()?.parse().ok()?;
             let path = it.collect::<Vec<_>>().join(" ");
             let (s, e) = range.split_once('-')?;
             Some(Mapping {
                 start: u64::from_str_radix(s, 16).ok()?,
                 end: u64::from_str_radix(e, 16).ok()?,
                 offset,
-                perms,
+                inode,
                 path,
             })
         })
@@ -152,6 +162,7 @@ mod tests {
         );
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].offset, 0x1c000);
+        assert_eq!(m[0].inode, 1234);
         assert_eq!(m[0].path, "/opt/py/lib/libpython3.11.so.1.0");
         assert_eq!(m[1].path, "");
     }

@@ -162,3 +162,87 @@ fn text_report_with_stats() {
     assert!(final_report.contains("ns/run (kernel bpf stats)"), "{final_report}");
     assert!(final_report.contains("lost: 0 events"), "{final_report}");
 }
+
+/// Every other supported version (pyenv's shared builds): the class leaks at its rate and
+/// nothing else grows but, on 3.9/3.10, the instances' own `__dict__`s (real dicts there).
+#[test]
+fn other_versions_find_the_leaking_class() {
+    if !privileged() {
+        return;
+    }
+    for version in ["3.9.18", "3.10.13", "3.12.1", "3.13.0"] {
+        let target = python(&pyenv(version), "leak.py", &[&RATE.to_string()]);
+        let run = trace(target.pid, 10, &[]);
+        let last = run.last();
+        let leak = row(&last, "__main__.Leak").unwrap_or_else(|| panic!("{version}: {last}"));
+        assert_eq!(leak["growing"], true, "{version}: {leak}");
+        assert_rate(leak["rate_per_s"].as_f64().unwrap(), RATE, 10.0, version);
+        let allowed: &[&str] = if ["3.9.18", "3.10.13"].contains(&version) { &["__main__.Leak", "dict"] } else { &["__main__.Leak"] };
+        for t in last["types"].as_array().unwrap().iter().filter(|t| t["growing"] == true) {
+            assert!(allowed.contains(&t["name"].as_str().unwrap()), "{version}: {t}");
+        }
+        assert_no_losses(&last);
+    }
+}
+
+/// Runs leak.py in a private mount namespace whose root is a fresh directory with pyenv's
+/// 3.11.7 bound at /opt/py: entered with `chroot` (maps show namespace paths, so the file is
+/// found through /proc/<pid>/map_files) or with `pivot_root` like a container runtime (maps
+/// show paths inside its root, found through /proc/<pid>/root).
+fn containerized_leak(enter: &str) {
+    let root = tempdir("root");
+    for d in ["opt/py", "usr", "app", "proc", "old"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for l in ["lib", "lib64", "bin"] {
+        std::os::unix::fs::symlink(format!("usr/{l}"), root.join(l)).unwrap();
+    }
+    std::fs::copy(script("leak.py"), root.join("app/leak.py")).unwrap();
+    let pyenv_dir = pyenv("3.11.7").parent().unwrap().parent().unwrap().to_path_buf();
+    let r = root.display();
+    let run_python = format!("/opt/py/bin/python3.11 -u /app/leak.py {RATE}");
+    let how = enter;
+    let enter = match how {
+        "chroot" => format!("exec chroot {r} {run_python}"),
+        _ => format!(
+            "cd {r} && pivot_root . old && exec {run_python}"
+        ),
+    };
+    // The root must be a mount point for pivot_root: bind it onto itself first.
+    let sh = format!(
+        "mount --bind {r} {r} && mount --bind {} {r}/opt/py && mount --bind /usr {r}/usr && {enter}",
+        pyenv_dir.display()
+    );
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &sh])
+        .env("LD_LIBRARY_PATH", "/opt/py/lib")
+        .env("PYTHONHOME", "/opt/py");
+    let target = start(cmd);
+    let run = trace(target.pid, 10, &[]);
+    assert!(run.stderr.contains("libpython3.11.so.1.0"), "{}", run.stderr);
+    if how == "pivot_root" {
+        // the path is the container's own, and does not exist on the host
+        assert!(run.stderr.contains("in /opt/py/lib/libpython3.11.so.1.0"), "{}", run.stderr);
+        assert!(!std::path::Path::new("/opt/py/lib/libpython3.11.so.1.0").exists());
+    }
+    assert!(!run.stderr.contains(&format!("in {}", pyenv_dir.display())), "traced the host's file? {}", run.stderr);
+    let last = run.last();
+    assert_eq!(last["types"][0]["name"], "__main__.Leak", "{last}");
+    assert_rate(last["types"][0]["rate_per_s"].as_f64().unwrap(), RATE, 10.0, how);
+    drop(target);
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn target_in_a_chroot_is_traced() {
+    if privileged() {
+        containerized_leak("chroot");
+    }
+}
+
+#[test]
+fn target_in_a_pivot_root_container_is_traced() {
+    if privileged() {
+        containerized_leak("pivot_root");
+    }
+}
