@@ -47,6 +47,12 @@ fn writes(info_factory: &mut InstructionInfoFactory, instr: &Instruction, reg: R
     })
 }
 
+/// The probe point at the function's entry: always an instruction boundary.
+pub fn first_instruction(code: &[u8], ip: u64) -> ProbePoint {
+    let first = Decoder::with_ip(64, code, ip, DecoderOptions::NONE).decode();
+    ProbePoint { offset: 0, emulated: kernel_emulates(&first), instruction: format!("{first}") }
+}
+
 /// `code` is the whole function (its symbol size), loaded at `ip`; `arg` the register the
 /// probe reads (RDI for the first argument, RSI for the second).
 pub fn entry_probe(code: &[u8], ip: u64, arg: Register) -> ProbePoint {

@@ -71,6 +71,10 @@ struct TraceArgs {
     /// Add probe hit counts and the BPF programs' own run time (kernel BPF stats).
     #[arg(long)]
     stats: bool,
+    /// Attach every probe at its function's first instruction instead of the cheapest
+    /// equivalent one (for measuring what that choice saves; see `cargo xtask bench`).
+    #[arg(long, hide = true)]
+    entry_probes: bool,
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {
@@ -120,7 +124,10 @@ fn trace(args: TraceArgs) -> Result<()> {
     }
     tracer::check_uprobe_support(std::path::Path::new("/sys/bus/event_source/devices/uprobe"))?;
     let interp = interpreter::Interpreter::find(&process)?;
-    let plan = plan::plan(&process, &interp)?;
+    let mut plan = plan::plan(&process, &interp)?;
+    if args.entry_probes {
+        plan.at_entries();
+    }
     let mut tracer = tracer::Tracer::attach(&plan, process.pid, args.stats)?;
     let started = Instant::now();
     eprintln!(

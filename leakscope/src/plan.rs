@@ -48,11 +48,25 @@ pub struct ProbeSpec {
     pub path: PathBuf,
     pub file_offset: u64,
     pub point: ProbePoint,
+    /// The function's first instruction (what `point` was moved forward from).
+    pub entry: ProbePoint,
 }
 
 pub struct Plan {
     pub coverage: Coverage,
     pub probes: Vec<ProbeSpec>,
+}
+
+impl Plan {
+    /// Moves every probe back to its function's entry (for `cargo xtask bench`, to measure
+    /// what the chosen offsets save). The entry is always an instruction boundary.
+    pub fn at_entries(&mut self) {
+        for p in &mut self.probes {
+            p.file_offset -= p.point.offset;
+            p.label = format!("{}+0", p.label.rsplit_once('+').map_or(p.label.as_str(), |(f, _)| f));
+            p.point = p.entry.clone();
+        }
+    }
 }
 
 pub fn plan(process: &Process, interp: &Interpreter) -> Result<Plan> {
@@ -82,17 +96,14 @@ pub fn plan(process: &Process, interp: &Interpreter) -> Result<Plan> {
         for (clone, vaddr, _) in bin.symbol_and_clones(name) {
             let off = bin.vaddr_to_offset(vaddr).context("allocator outside any segment")?;
             let code = bin.bytes_at(vaddr, 16).unwrap_or(&[]);
-            let first = Decoder::with_ip(64, code, vaddr, DecoderOptions::NONE).decode();
+            let entry = disasm::first_instruction(code, vaddr);
             probes.push(ProbeSpec {
                 label: format!("{clone} (return)"),
                 program: "birth_ret",
                 path: bin.path.clone(),
                 file_offset: off,
-                point: ProbePoint {
-                    offset: 0,
-                    emulated: disasm::kernel_emulates(&first),
-                    instruction: format!("{first}"),
-                },
+                point: entry.clone(),
+                entry,
             });
         }
     }
@@ -125,6 +136,7 @@ fn entry_probe(
         path: bin.path.clone(),
         file_offset: bin.vaddr_to_offset(vaddr).context("symbol outside any segment")? + point.offset,
         point,
+        entry: disasm::first_instruction(code, vaddr),
     })
 }
 
@@ -151,22 +163,16 @@ fn allocator_slot_probe(process: &Process, interp: &Interpreter, wrapper: &str) 
     // Symbol of the function (for its size and name); without one, the entry is the only
     // instruction boundary we know for sure.
     let func_vaddr = owner.offset_to_vaddr(file_offset).context("allocator outside any segment")?;
+    let entry = disasm::first_instruction(owner.bytes_at(func_vaddr, 16).unwrap_or(&[]), func_vaddr);
     let (label, point) = match owner.symbol_at(func_vaddr) {
         Some((name, vaddr, size)) => {
             let code = owner.bytes_at(vaddr, size).context("no code")?;
             let p = disasm::entry_probe(code, vaddr, Register::RSI);
             (format!("{name}+{}", p.offset), p)
         }
-        None => {
-            let code = owner.bytes_at(func_vaddr, 16).unwrap_or(&[]);
-            let first = Decoder::with_ip(64, code, func_vaddr, DecoderOptions::NONE).decode();
-            (
-                format!("{wrapper} target {func:#x}"),
-                ProbePoint { offset: 0, emulated: disasm::kernel_emulates(&first), instruction: format!("{first}") },
-            )
-        }
+        None => (format!("{wrapper} target {func:#x}+0"), entry.clone()),
     };
-    Ok(ProbeSpec { label, program: "free_arg1", path, file_offset: file_offset + point.offset, point })
+    Ok(ProbeSpec { label, program: "free_arg1", path, file_offset: file_offset + point.offset, point, entry })
 }
 
 
