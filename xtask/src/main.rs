@@ -3,6 +3,7 @@
 //! - `build-ebpf`: build the BPF object (nightly, `-Z build-std=core`, `bpfel-unknown-none`,
 //!   bpf-linker). The CLI's build script embeds whatever this wrote; there is no second path.
 //! - `build`: `build-ebpf`, then the release CLI.
+//! - `demo`: `build`, then trace the bundled leaking example for 10 s.
 //! - `test`: `build`, then every test (unit, and privileged end to end) one at a time.
 //! - `bench`: traced against untraced runs of a fixed workload, side by side (see bench.rs).
 mod bench;
@@ -23,12 +24,16 @@ fn main() -> Result<()> {
             build()?;
             run(cargo().args(["test", "--release", "--", "--test-threads=1"]).args(&args[1..]))
         }
+        "demo" => {
+            build()?;
+            demo()
+        }
         "bench" => {
             build()?;
             bench::run(&workspace_root(), &args[1..])
         }
         _ => {
-            eprintln!("usage: cargo xtask <build-ebpf | build | test [filter] | bench [--quick]>");
+            eprintln!("usage: cargo xtask <build-ebpf | build | demo | test [filter] | bench [--quick]>");
             if task == "help" { Ok(()) } else { bail!("unknown task {task:?}") }
         }
     }
@@ -89,4 +94,32 @@ fn build_ebpf() -> Result<()> {
 fn build() -> Result<()> {
     build_ebpf()?;
     run(cargo().args(["build", "--release", "-p", "leakscope"]))
+}
+
+/// Runs `tests/python/leak.py` (1000 leaked objects a second) and traces it for 10 s.
+fn demo() -> Result<()> {
+    let root = workspace_root();
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let pyenv = format!("{home}/.pyenv/versions/3.11.7/bin/python3.11");
+    let python = if Path::new(&pyenv).exists() { pyenv } else { "python3".to_string() };
+    let mut target = Command::new(&python)
+        .arg(root.join("tests/python/leak.py"))
+        .arg("1000")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {python}"))?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    eprintln!("$ leakscope trace --pid {} --interval 2 --duration 10", target.id());
+    let result = run(Command::new(root.join("target/release/leakscope")).args([
+        "trace",
+        "--pid",
+        &target.id().to_string(),
+        "--interval",
+        "2",
+        "--duration",
+        "10",
+    ]));
+    let _ = target.kill();
+    let _ = target.wait();
+    result
 }
