@@ -26,13 +26,12 @@ impl Binary {
             let is_shared_object = elf.kind() == object::ObjectKind::Dynamic;
             let mut symbols = HashMap::new();
             for sym in elf.dynamic_symbols().chain(elf.symbols()) {
-                if sym.is_definition() {
-                    if let Ok(name) = sym.name() {
+                if sym.is_definition()
+                    && let Ok(name) = sym.name() {
                         // `foo@@VERSION` in some tools; keep the plain name.
                         let name = name.split('@').next().unwrap_or(name);
                         symbols.entry(name.to_string()).or_insert((sym.address(), sym.size()));
                     }
-                }
             }
             let segments = elf
                 .segments()
@@ -44,13 +43,11 @@ impl Binary {
             let mut reloc_symbols = hashbrown::HashSet::new();
             if let Some(relocs) = elf.dynamic_relocations() {
                 for (_, reloc) in relocs {
-                    if let object::RelocationTarget::Symbol(idx) = reloc.target() {
-                        if let Ok(sym) = elf.dynamic_symbol_table().unwrap().symbol_by_index(idx) {
-                            if let Ok(name) = sym.name() {
+                    if let object::RelocationTarget::Symbol(idx) = reloc.target()
+                        && let Ok(sym) = elf.dynamic_symbol_table().unwrap().symbol_by_index(idx)
+                            && let Ok(name) = sym.name() {
                                 reloc_symbols.insert(name.to_string());
                             }
-                        }
-                    }
                 }
             }
             (is_shared_object, symbols, segments, reloc_symbols)

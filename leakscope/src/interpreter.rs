@@ -44,12 +44,11 @@ impl Interpreter {
             chosen = Some((*lib, is_libpython(&lib.path).flatten()));
         } else {
             for m in files.iter().filter(|m| !m.path.contains(".so")) {
-                if let Ok(bin) = Binary::open(&process.file_of(m)) {
-                    if bin.symbol("_PyRuntime").is_some() || bin.section(".PyRuntime").is_some() {
+                if let Ok(bin) = Binary::open(&process.file_of(m))
+                    && (bin.symbol("_PyRuntime").is_some() || bin.section(".PyRuntime").is_some()) {
                         chosen = Some((*m, minor_from_exe_name(&m.path)));
                         break;
                     }
-                }
             }
         }
         let Some((mapping, file_minor)) = chosen else {

@@ -161,7 +161,7 @@ fn trace(args: TraceArgs) -> Result<()> {
                 _ = drain_tick.tick() => {
                     pump(&mut tracer, &mut resolver, &mut agg);
                     ticks += 1;
-                    if ticks % 10 == 0 && !process.alive() {
+                    if ticks.is_multiple_of(10) && !process.alive() {
                         break "target exited";
                     }
                 }

@@ -25,12 +25,11 @@ impl Version {
     }
 }
 
-// PyObject / PyVarObject (all versions, GIL builds).
-pub const OB_TYPE: u64 = 8;
-// PyTypeObject fields (identical 3.9–3.14).
+// PyObject / PyVarObject (all versions, GIL builds): `ob_type` at +8 and `ob_size` at +16;
+// the BPF birth programs read both in one go (leakscope-ebpf, `TypeAndSize`).
+// PyTypeObject fields (identical 3.9–3.14): `tp_name`, then `tp_basicsize` and `tp_itemsize`
+// in the next two words (read together in `types.rs`).
 pub const TP_NAME: u64 = 24;
-pub const TP_BASICSIZE: u64 = 32;
-pub const TP_ITEMSIZE: u64 = 40;
 pub const TP_FLAGS: u64 = 168;
 pub const TP_DICT: u64 = 264;
 
@@ -68,9 +67,8 @@ pub mod dict {
     /// 3.11+: `PyDictKeysObject { refcnt; u8 log2_size; u8 log2_index_bytes; u8 kind; …;
     /// usable; nentries; indices[] }`, entries after the indices; unicode-keyed entries are
     /// `{key, value}`, general ones `{hash, key, value}`.
+    /// `dk_log2_size`, `dk_log2_index_bytes` and `dk_kind`: three bytes from here.
     pub const DK_LOG2_SIZE: u64 = 8;
-    pub const DK_LOG2_INDEX_BYTES: u64 = 9;
-    pub const DK_KIND: u64 = 10;
     pub const DK_NENTRIES_311: u64 = 24;
     pub const DK_INDICES_311: u64 = 32;
     /// 3.9/3.10: `{refcnt; size; lookup; usable; nentries; indices[]}`, entries `{hash, key,
