@@ -132,3 +132,13 @@ fn explain<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error 
         anyhow!(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_kernel_without_uprobes_is_named() {
+        let err = super::check_uprobe_support(std::path::Path::new("/nonexistent/uprobe")).unwrap_err();
+        assert!(format!("{err}").contains("no uprobe support"), "{err}");
+        assert!(format!("{err}").contains("CONFIG_UPROBES"), "{err}");
+    }
+}

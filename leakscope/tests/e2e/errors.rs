@@ -82,3 +82,30 @@ fn bad_arguments_exit_non_zero() {
     assert_eq!(run.code, Some(2));
     assert!(run.stderr.contains("is not a positive number of seconds"), "{}", run.stderr);
 }
+
+#[test]
+fn ctrl_c_gives_the_final_report_and_exit_0() {
+    if !privileged() {
+        return;
+    }
+    let target = python(&pyenv("3.11.7"), "leak.py", &["200"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_leakscope"))
+        .args(["trace", "--pid", &target.pid.to_string(), "--json", "--interval", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    std::thread::sleep(Duration::from_secs(3));
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    // a hang is a failure, not a stuck test run
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(30));
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!((last["kind"].as_str(), last["reason"].as_str()), (Some("final"), Some("interrupted")));
+}
