@@ -21,6 +21,8 @@ pub struct Event {
     pub addr: u64,
     pub type_ptr: u64,
     pub ob_size: i64,
+    /// Key of the allocating Python stack in `STACKS` (births only; 0 = none captured).
+    pub stack_id: u64,
 }
 
 /// Most probes one trace attaches; `HITS` has one slot per probe.
@@ -29,7 +31,83 @@ pub const MAX_PROBES: u32 = 32;
 /// Slots of the per-CPU `DROPS` array: what the kernel side lost, never silently.
 pub const DROP_RINGBUF_FULL: u32 = 0;
 pub const DROP_READ_FAILED: u32 = 1;
-pub const DROP_KINDS: u32 = 2;
+/// A birth's stack could not be stored: `STACKS` is full.
+pub const DROP_STACK_MAP_FULL: u32 = 2;
+/// No Python thread state for the allocating thread (a birth without the GIL, or the
+/// GIL-holder check failed): the birth is kept, without a stack.
+pub const DROP_NO_TSTATE: u32 = 3;
+/// A frame could not be read mid-walk: the stack is kept up to there, marked truncated.
+pub const DROP_FRAME_READ_FAILED: u32 = 4;
+pub const DROP_KINDS: u32 = 5;
+
+/// Slots of the per-CPU `WALK` array: what stack walks cost (sum over walks).
+pub const WALK_COUNT: u32 = 0;
+pub const WALK_FRAMES: u32 = 1;
+pub const WALK_NS: u32 = 2;
+/// Stacks deeper than `MAX_FRAMES`, cut there (counted, and marked in the stack).
+pub const WALK_TRUNCATED: u32 = 3;
+pub const WALK_SLOTS: u32 = 4;
+
+/// Deepest stack kept; deeper ones are truncated and marked.
+pub const MAX_FRAMES: usize = 64;
+/// Bytes of a frame read in one go (covers every field the walk needs in 3.9–3.13).
+pub const FRAME_WINDOW_WORDS: usize = 16;
+
+/// One Python frame as captured: the code object and the raw instruction position (an
+/// instruction pointer for 3.11+, `f_lasti` for 3.9/3.10); user space turns it into a line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RawFrame {
+    pub code: u64,
+    pub instr: u64,
+}
+
+/// An interned stack, innermost frame first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RawStack {
+    pub depth: u32,
+    /// Non-zero when the walk stopped at `MAX_FRAMES` or at an unreadable frame.
+    pub truncated: u32,
+    pub frames: [RawFrame; MAX_FRAMES],
+}
+
+/// How the birth programs find the allocating thread's frames, set by user space per
+/// interpreter (`CONFIG[0]`); `python.rs` holds the per-version values.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StackConfig {
+    /// 0: no stacks. 1: `tstate = *tstate_addr` (`_PyRuntime.gilstate.tstate_current`,
+    /// ≤3.11). 2: `tstate = gil->last_holder` where `gil = *(*tstate_addr + gil_ptr_off)`
+    /// (`_PyRuntime.interpreters.head`, 3.12+), valid while `gil->locked`.
+    pub mode: u32,
+    /// Word indices into the frame window of the code object, the previous frame and the
+    /// instruction position.
+    pub code_word: u32,
+    pub prev_word: u32,
+    pub instr_word: u32,
+    pub tstate_addr: u64,
+    pub gil_ptr_off: u64,
+    pub gil_holder_off: u64,
+    pub gil_locked_off: u64,
+    /// Offset of `native_thread_id` in the thread state (compared with the current tid);
+    /// 0 = no check (3.9/3.10 have none).
+    pub native_tid_off: u64,
+    /// `frame = *(tstate + frame_off1)`, then, unless `frame_off2 == NO_OFFSET`,
+    /// `frame = *(frame + frame_off2)` (3.11/3.12 go through `cframe`).
+    pub frame_off1: u64,
+    pub frame_off2: u64,
+    /// Bytes to read per frame (≤ 8 * FRAME_WINDOW_WORDS).
+    pub frame_read: u64,
+    /// Time each walk (for `--stats`).
+    pub timing: u64,
+}
+
+pub const NO_OFFSET: u64 = u64::MAX;
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Event {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for RawStack {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for StackConfig {}

@@ -6,14 +6,20 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::BPF_RB_NO_WAKEUP,
-    helpers::{bpf_get_attach_cookie, bpf_probe_read_user},
+    bindings::{BPF_F_NO_PREALLOC, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated,
+    },
     macros::{map, uprobe, uretprobe},
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
 };
 use leakscope_common::{
-    DROP_KINDS, DROP_READ_FAILED, DROP_RINGBUF_FULL, EVENT_BIRTH, EVENT_FREE, Event, MAX_PROBES,
+    DROP_FRAME_READ_FAILED, DROP_KINDS, DROP_NO_TSTATE, DROP_READ_FAILED, DROP_RINGBUF_FULL,
+    DROP_STACK_MAP_FULL, EVENT_BIRTH, EVENT_FREE, Event, FRAME_WINDOW_WORDS, MAX_FRAMES,
+    MAX_PROBES, NO_OFFSET, RawFrame, RawStack, StackConfig, WALK_COUNT, WALK_FRAMES, WALK_NS,
+    WALK_SLOTS, WALK_TRUNCATED,
 };
 
 /// 32 MiB: about 800k events, drained every 10 ms by user space.
@@ -25,6 +31,27 @@ static HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_PROBES, 0);
 
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_KINDS, 0);
+
+#[map]
+static WALK: PerCpuArray<u64> = PerCpuArray::with_max_entries(WALK_SLOTS, 0);
+
+/// How to find the allocating thread's frames (set by user space before attaching).
+#[map]
+static CONFIG: Array<StackConfig> = Array::with_max_entries(1, 0);
+
+/// Interned stacks by hash. Allocated on demand: most never fill it.
+#[map]
+static STACKS: HashMap<u64, RawStack> = HashMap::with_max_entries(32768, BPF_F_NO_PREALLOC);
+
+/// Per-CPU scratch: a stack being built (too big for the 512-byte BPF stack) and one frame.
+#[repr(C)]
+struct Scratch {
+    stack: RawStack,
+    window: [u64; FRAME_WINDOW_WORDS],
+}
+
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn bump(map: &PerCpuArray<u64>, index: u32) {
@@ -43,10 +70,10 @@ fn probe_id<C: EbpfContext>(ctx: &C) -> u32 {
 }
 
 #[inline(always)]
-fn emit(kind: u32, probe: u32, addr: u64, type_ptr: u64, ob_size: i64) {
+fn emit(kind: u32, probe: u32, addr: u64, type_ptr: u64, ob_size: i64, stack_id: u64) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
-            entry.write(Event { kind, probe, addr, type_ptr, ob_size });
+            entry.write(Event { kind, probe, addr, type_ptr, ob_size, stack_id });
             // User space polls; waking it per event would cost more than the event.
             entry.submit(BPF_RB_NO_WAKEUP as u64);
         }
@@ -67,8 +94,133 @@ fn birth(probe: u32, obj: u64) {
         return; // a failed allocation
     }
     match unsafe { bpf_probe_read_user((obj + 8) as *const TypeAndSize) } {
-        Ok(ts) => emit(EVENT_BIRTH, probe, obj, ts.ob_type, ts.ob_size),
+        Ok(ts) => {
+            let stack_id = capture_stack();
+            emit(EVENT_BIRTH, probe, obj, ts.ob_type, ts.ob_size, stack_id)
+        }
         Err(_) => bump(&DROPS, DROP_READ_FAILED),
+    }
+}
+
+#[inline(always)]
+fn read_u64(addr: u64) -> Option<u64> {
+    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}
+
+/// The thread state of the thread that is allocating (it holds the GIL), validated against
+/// the current thread id where the version records one.
+#[inline(always)]
+fn current_tstate(cfg: &StackConfig) -> Option<u64> {
+    let tstate = match cfg.mode {
+        1 => read_u64(cfg.tstate_addr)?,
+        2 => {
+            let interp = read_u64(cfg.tstate_addr)?;
+            let gil = read_u64(interp + cfg.gil_ptr_off)?;
+            if read_u64(gil + cfg.gil_locked_off)? as u32 == 0 {
+                return None;
+            }
+            read_u64(gil + cfg.gil_holder_off)?
+        }
+        _ => return None,
+    };
+    if tstate == 0 {
+        return None;
+    }
+    if cfg.native_tid_off != 0 {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        if read_u64(tstate + cfg.native_tid_off)? as u32 != tid {
+            return None;
+        }
+    }
+    Some(tstate)
+}
+
+/// Walks the Python frame chain (one read per frame), interns the stack and returns its id
+/// (a 64-bit FNV-1a hash of the frames; 0 = no stack).
+#[inline(always)]
+fn capture_stack() -> u64 {
+    let Some(cfg) = CONFIG.get(0) else { return 0 };
+    if cfg.mode == 0 {
+        return 0;
+    }
+    let started = if cfg.timing != 0 { unsafe { bpf_ktime_get_ns() } } else { 0 };
+    let Some(tstate) = current_tstate(cfg) else {
+        bump(&DROPS, DROP_NO_TSTATE);
+        return 0;
+    };
+    let Some(mut frame) = read_u64(tstate + cfg.frame_off1) else { return 0 };
+    if cfg.frame_off2 != NO_OFFSET && frame != 0 {
+        match read_u64(frame + cfg.frame_off2) {
+            Some(f) => frame = f,
+            None => return 0,
+        }
+    }
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return 0 };
+    let scratch = unsafe { &mut *scratch };
+    let read = cfg.frame_read;
+    if read == 0 || read > (8 * FRAME_WINDOW_WORDS) as u64 {
+        return 0;
+    }
+    // Masked, not checked: the verifier must see the bound on every path (user space only
+    // ever sets indices below FRAME_WINDOW_WORDS).
+    const MASK: usize = FRAME_WINDOW_WORDS - 1;
+    let (code_w, prev_w, instr_w) =
+        (cfg.code_word as usize & MASK, cfg.prev_word as usize & MASK, cfg.instr_word as usize & MASK);
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut depth = 0usize;
+    let mut truncated = 0u32;
+    for i in 0..MAX_FRAMES {
+        if frame == 0 {
+            break;
+        }
+        let ok = unsafe {
+            generated::bpf_probe_read_user(
+                scratch.window.as_mut_ptr().cast(),
+                read as u32,
+                frame as *const _,
+            )
+        } == 0;
+        if !ok {
+            bump(&DROPS, DROP_FRAME_READ_FAILED);
+            truncated = 1;
+            frame = 0;
+            break;
+        }
+        let w = &scratch.window;
+        let (code, instr, prev) = (w[code_w], w[instr_w], w[prev_w]);
+        if let Some(slot) = scratch.stack.frames.get_mut(i) {
+            *slot = RawFrame { code, instr };
+        }
+        hash = (hash ^ code).wrapping_mul(0x0000_0100_0000_01b3);
+        hash = (hash ^ instr).wrapping_mul(0x0000_0100_0000_01b3);
+        depth = i + 1;
+        frame = prev;
+    }
+    if frame != 0 {
+        truncated = 1;
+        bump(&WALK, WALK_TRUNCATED);
+    }
+    scratch.stack.depth = depth as u32;
+    scratch.stack.truncated = truncated;
+    // Frames past `depth` keep stale data from an earlier walk: user space reads `depth`.
+    hash = (hash ^ (depth as u64) ^ ((truncated as u64) << 32)).wrapping_mul(0x0000_0100_0000_01b3);
+    let id = hash | 1;
+    if unsafe { STACKS.get(&id) }.is_none() && STACKS.insert(&id, &scratch.stack, 0).is_err() {
+        bump(&DROPS, DROP_STACK_MAP_FULL);
+        return 0;
+    }
+    add(&WALK, WALK_COUNT, 1);
+    add(&WALK, WALK_FRAMES, depth as u64);
+    if cfg.timing != 0 {
+        add(&WALK, WALK_NS, unsafe { bpf_ktime_get_ns() } - started);
+    }
+    id
+}
+
+#[inline(always)]
+fn add(map: &PerCpuArray<u64>, index: u32, n: u64) {
+    if let Some(slot) = map.get_ptr_mut(index) {
+        unsafe { *slot += n };
     }
 }
 
@@ -94,7 +246,7 @@ pub fn free_arg0(ctx: ProbeContext) -> u32 {
     let probe = probe_id(&ctx);
     let addr = ctx.arg::<u64>(0).unwrap_or(0);
     if addr != 0 {
-        emit(EVENT_FREE, probe, addr, 0, 0);
+        emit(EVENT_FREE, probe, addr, 0, 0, 0);
     }
     0
 }
@@ -105,7 +257,7 @@ pub fn free_arg1(ctx: ProbeContext) -> u32 {
     let probe = probe_id(&ctx);
     let addr = ctx.arg::<u64>(1).unwrap_or(0);
     if addr != 0 {
-        emit(EVENT_FREE, probe, addr, 0, 0);
+        emit(EVENT_FREE, probe, addr, 0, 0, 0);
     }
     0
 }

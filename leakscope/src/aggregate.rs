@@ -16,12 +16,14 @@ use hashbrown::HashMap;
 #[derive(Clone, Copy, Debug)]
 struct LiveObject {
     type_ptr: u64,
+    site: u32,
     bytes: u64,
     preheader: u64,
 }
 
+/// Counters of one type, or of one (type, allocation site).
 #[derive(Clone, Debug, Default)]
-struct TypeCounters {
+struct Counters {
     live: u64,
     live_bytes: u64,
     births: u64,
@@ -36,29 +38,79 @@ struct TypeCounters {
     floors: Vec<u64>,
 }
 
-/// What a birth event tells, once user space has looked at the type.
+impl Counters {
+    fn new(snapshots: usize) -> Self {
+        Counters { lives: vec![0; snapshots], floors: vec![0; snapshots], ..Default::default() }
+    }
+
+    fn born(&mut self, bytes: u64) {
+        self.live += 1;
+        self.live_bytes += bytes;
+        self.births += 1;
+        self.interval_births += 1;
+    }
+
+    fn died(&mut self, bytes: u64) {
+        self.live -= 1;
+        self.floor = self.floor.min(self.live);
+        self.live_bytes -= bytes;
+        self.deaths += 1;
+        self.interval_deaths += 1;
+    }
+
+    /// Closes the interval: records live count and floor, returns the row, resets.
+    fn close(&mut self, type_ptr: u64, site: u32, name: String, times: &[f64]) -> TypeRow {
+        self.lives.push(self.live);
+        self.floors.push(self.floor);
+        self.floor = self.live;
+        let row = TypeRow {
+            type_ptr,
+            site,
+            name,
+            live: self.live,
+            live_bytes: self.live_bytes,
+            births: self.births,
+            deaths: self.deaths,
+            interval_births: self.interval_births,
+            interval_deaths: self.interval_deaths,
+            rate_per_s: slope(times, &self.lives),
+            growing: keeps_growing(&self.floors, self.births),
+        };
+        self.interval_births = 0;
+        self.interval_deaths = 0;
+        row
+    }
+}
+
+/// What a birth event tells, once user space has looked at the type and the stack.
 #[derive(Clone, Copy, Debug)]
 pub struct Birth {
     pub type_ptr: u64,
     pub bytes: u64,
     pub preheader: u64,
+    /// Allocation site (`stacks::Sites` id; 0 = no stack).
+    pub site: u32,
 }
 
 #[derive(Default)]
 pub struct Aggregator {
     objects: HashMap<u64, LiveObject>,
-    types: HashMap<u64, TypeCounters>,
+    types: HashMap<u64, Counters>,
+    sites: HashMap<(u64, u32), Counters>,
     /// Snapshot times in seconds since attach; `times[0] == 0.0`.
     times: Vec<f64>,
     /// Births of types this build does not fully see (not counted anywhere else).
     pub ignored_births: u64,
 }
 
-/// One row of a report: a type's state at a snapshot.
+/// One row of a report: a type's (or a type's at one site) state at a snapshot.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct TypeRow {
     #[serde(skip)]
     pub type_ptr: u64,
+    /// The allocation site, in site rows (0 in type rows).
+    #[serde(skip)]
+    pub site: u32,
     pub name: String,
     pub live: u64,
     pub live_bytes: u64,
@@ -94,12 +146,8 @@ impl Aggregator {
     fn retire(&mut self, addr: u64) -> bool {
         match self.objects.remove(&addr) {
             Some(o) => {
-                let t = self.types.get_mut(&o.type_ptr).expect("live object of unknown type");
-                t.live -= 1;
-                t.floor = t.floor.min(t.live);
-                t.live_bytes -= o.bytes;
-                t.deaths += 1;
-                t.interval_deaths += 1;
+                self.types.get_mut(&o.type_ptr).expect("live object of unknown type").died(o.bytes);
+                self.sites.get_mut(&(o.type_ptr, o.site)).expect("live object of unknown site").died(o.bytes);
                 true
             }
             None => false,
@@ -120,16 +168,12 @@ impl Aggregator {
             k += 16;
         }
         let snapshots = self.times.len();
-        let t = self.types.entry(b.type_ptr).or_insert_with(|| TypeCounters {
-            lives: vec![0; snapshots],
-            floors: vec![0; snapshots],
-            ..Default::default()
-        });
-        t.live += 1;
-        t.live_bytes += b.bytes;
-        t.births += 1;
-        t.interval_births += 1;
-        self.objects.insert(addr, LiveObject { type_ptr: b.type_ptr, bytes: b.bytes, preheader: b.preheader });
+        self.types.entry(b.type_ptr).or_insert_with(|| Counters::new(snapshots)).born(b.bytes);
+        self.sites.entry((b.type_ptr, b.site)).or_insert_with(|| Counters::new(snapshots)).born(b.bytes);
+        self.objects.insert(
+            addr,
+            LiveObject { type_ptr: b.type_ptr, site: b.site, bytes: b.bytes, preheader: b.preheader },
+        );
     }
 
     /// The memory at `addr` was released: the object at `addr`, or the one whose block
@@ -147,39 +191,35 @@ impl Aggregator {
         }
     }
 
-    /// Closes an interval at `elapsed` seconds since attach and returns every type's row,
-    /// growing types first, then by rate, live bytes and name.
-    pub fn snapshot(&mut self, elapsed: f64, name_of: &mut dyn FnMut(u64) -> String) -> Vec<TypeRow> {
+    /// Closes an interval at `elapsed` seconds since attach and returns every type's row
+    /// and every (type, site)'s row, each sorted: growing first, then by rate, live bytes,
+    /// name (and site id).
+    pub fn snapshot(
+        &mut self,
+        elapsed: f64,
+        name_of: &mut dyn FnMut(u64) -> String,
+    ) -> (Vec<TypeRow>, Vec<TypeRow>) {
         self.times.push(elapsed);
-        let mut rows = Vec::with_capacity(self.types.len());
-        for (&type_ptr, t) in self.types.iter_mut() {
-            t.lives.push(t.live);
-            t.floors.push(t.floor);
-            t.floor = t.live;
-            rows.push(TypeRow {
-                type_ptr,
-                name: name_of(type_ptr),
-                live: t.live,
-                live_bytes: t.live_bytes,
-                births: t.births,
-                deaths: t.deaths,
-                interval_births: t.interval_births,
-                interval_deaths: t.interval_deaths,
-                rate_per_s: slope(&self.times, &t.lives),
-                growing: keeps_growing(&t.floors, t.births),
-            });
-            t.interval_births = 0;
-            t.interval_deaths = 0;
-        }
-        rows.sort_by(|a, b| {
-            b.growing
-                .cmp(&a.growing)
-                .then(b.rate_per_s.total_cmp(&a.rate_per_s))
-                .then(b.live_bytes.cmp(&a.live_bytes))
-                .then(a.name.cmp(&b.name))
-        });
-        rows
+        let mut names: HashMap<u64, String> = HashMap::new();
+        let mut name = |t: u64| names.entry(t).or_insert_with(|| name_of(t)).clone();
+        let times = &self.times;
+        let mut types: Vec<TypeRow> =
+            self.types.iter_mut().map(|(&t, c)| c.close(t, 0, name(t), times)).collect();
+        let mut sites: Vec<TypeRow> =
+            self.sites.iter_mut().map(|(&(t, site), c)| c.close(t, site, name(t), times)).collect();
+        types.sort_by(order);
+        sites.sort_by(order);
+        (types, sites)
     }
+}
+
+fn order(a: &TypeRow, b: &TypeRow) -> std::cmp::Ordering {
+    b.growing
+        .cmp(&a.growing)
+        .then(b.rate_per_s.total_cmp(&a.rate_per_s))
+        .then(b.live_bytes.cmp(&a.live_bytes))
+        .then(a.name.cmp(&b.name))
+        .then(a.site.cmp(&b.site))
 }
 
 /// The growth rule (see the constants above), over the per-interval floors: a new high in
@@ -227,7 +267,7 @@ mod tests {
     const TMP: u64 = 0x2000;
 
     fn b(type_ptr: u64, preheader: u64) -> Option<Birth> {
-        Some(Birth { type_ptr, bytes: 48 + preheader, preheader })
+        Some(Birth { type_ptr, bytes: 48 + preheader, preheader, site: 1 })
     }
 
     fn names(t: u64) -> String {
@@ -253,7 +293,7 @@ mod tests {
                 agg.birth(addr, b(LEAK, 16));
                 addr += 64;
             }
-            rows = agg.snapshot(s as f64, &mut names);
+            rows = agg.snapshot(s as f64, &mut names).0;
         }
         // THEN the type is on top, growing, at 100/s, with exact counts and bytes
         let r = &rows[0];
@@ -279,7 +319,7 @@ mod tests {
                 addr += 64;
                 agg.birth(addr, b(TMP, 16));
             }
-            let rows = agg.snapshot(s as f64, &mut names);
+            let rows = agg.snapshot(s as f64, &mut names).0;
             // THEN the live count rises at every snapshot, but the floor does not
             assert!(!row(&rows, "tmp").growing, "snapshot {s}");
             for a in (addr - s * 20 * 64 + 64..=addr).step_by(64) { agg.free(a - 16); }
@@ -296,7 +336,7 @@ mod tests {
                 agg.birth(op, b(TMP, 16));
                 agg.free(op - 16);
             }
-            let rows = agg.snapshot(s as f64, &mut names);
+            let rows = agg.snapshot(s as f64, &mut names).0;
             // THEN nothing is live and nothing grows
             assert_eq!(row(&rows, "tmp").live, 0);
             assert!(!row(&rows, "tmp").growing);
@@ -330,7 +370,7 @@ mod tests {
             for i in 0..80u64 {
                 agg.birth(0x9000 + i * 32, b(TMP, 0));
             }
-            let rows = agg.snapshot(s as f64, &mut names);
+            let rows = agg.snapshot(s as f64, &mut names).0;
             // THEN the live count is bounded by the freelist, and not growing
             assert_eq!(row(&rows, "tmp").live, 80);
             assert!(!row(&rows, "tmp").growing);
@@ -342,7 +382,7 @@ mod tests {
         let mut agg = Aggregator::new();
         agg.birth(0x100, b(TMP, 0)); // its free was missed
         agg.birth(0x120, b(LEAK, 32)); // a new GC object whose block starts at 0x100
-        let rows = agg.snapshot(1.0, &mut names);
+        let rows = agg.snapshot(1.0, &mut names).0;
         assert_eq!(row(&rows, "tmp").live, 0);
         assert_eq!(row(&rows, "Leak").live, 1);
     }
@@ -362,6 +402,27 @@ mod tests {
         agg.birth(0x100, b(TMP, 0));
         agg.free(0x200);
         assert_eq!(agg.live_objects(), 1);
+    }
+
+    #[test]
+    fn test_sites_of_one_type_are_counted_apart() {
+        // GIVEN one type born at two sites: site 1 leaks, site 2 churns
+        let mut agg = Aggregator::new();
+        let mut addr = 0x10_0000;
+        let mut sites = vec![];
+        for s in 1..=5 {
+            for _ in 0..100 {
+                agg.birth(addr, Some(Birth { type_ptr: LEAK, bytes: 64, preheader: 0, site: 1 }));
+                addr += 64;
+                agg.birth(0x90_0000, Some(Birth { type_ptr: LEAK, bytes: 64, preheader: 0, site: 2 }));
+                agg.free(0x90_0000);
+            }
+            sites = agg.snapshot(s as f64, &mut names).1;
+        }
+        // THEN the leaking site is on top and growing, the churning one is not
+        assert_eq!((sites[0].site, sites[0].live, sites[0].growing), (1, 500, true));
+        assert_eq!((sites[1].site, sites[1].live, sites[1].births, sites[1].growing), (2, 0, 500, false));
+        assert!((sites[0].rate_per_s - 100.0).abs() < 1e-9);
     }
 
     #[test]

@@ -3,10 +3,12 @@ mod aggregate;
 mod disasm;
 mod elf;
 mod interpreter;
+mod linetable;
 mod plan;
 mod process;
 mod python;
 mod report;
+mod stacks;
 mod tracer;
 mod types;
 
@@ -40,6 +42,11 @@ Examples:
   sudo leakscope trace --pid 1234                     report every 5 s until Ctrl-C
   sudo leakscope trace --pid 1234 --duration 60 --json > growth.ndjson
   sudo leakscope trace --pid 1234 --stats             also show probe hits and BPF cost
+  sudo leakscope trace --pid 1234 --duration 120 --flamegraph leaks.svg
+
+Each birth records the allocating thread's Python stack (up to 64 frames), so reports
+also list the GROWING ALLOCATION SITES: type, live count, bytes, rate, and the frames
+(function, file and the line being executed), innermost first.
 
 Every report counts objects born since attach: LIVE and LIVE BYTES are the ones still
 alive, +BORN/-DIED happened in the last interval, RATE/s is the slope of LIVE over the
@@ -71,6 +78,16 @@ struct TraceArgs {
     /// Add probe hit counts and the BPF programs' own run time (kernel BPF stats).
     #[arg(long)]
     stats: bool,
+    /// Do not walk Python stacks (types only; cheaper per event).
+    #[arg(long)]
+    no_stacks: bool,
+    /// At the end, write a flamegraph SVG of the surviving allocations of the growing sites
+    /// (width = live bytes; the leaf frame is the type, with its live count).
+    #[arg(long, value_name = "FILE.svg")]
+    flamegraph: Option<std::path::PathBuf>,
+    /// At the end, write the same data as folded stacks (`frame;frame;…;type bytes`).
+    #[arg(long, value_name = "FILE")]
+    folded: Option<std::path::PathBuf>,
     /// Attach every probe at its function's first instruction instead of the cheapest
     /// equivalent one (for measuring what that choice saves; see `cargo xtask bench`).
     #[arg(long, hide = true)]
@@ -128,24 +145,36 @@ fn trace(args: TraceArgs) -> Result<()> {
     if args.entry_probes {
         plan.at_entries();
     }
-    let mut tracer = tracer::Tracer::attach(&plan, process.pid, args.stats)?;
+    let stack_config = if args.no_stacks { None } else { plan::stack_config(&interp, args.stats) };
+    let symbolizer = stack_config.and_then(|_| {
+        let layout = python::stack_layout(interp.version)?;
+        let (code_type, _) = interp.binary.symbol("PyCode_Type")?;
+        Some(stacks::Symbolizer::new(process.memory(), interp.version, layout, code_type + interp.bias))
+    });
+    let mut tracer = tracer::Tracer::attach(&plan, process.pid, args.stats, stack_config.unwrap_or_default())?;
     let started = Instant::now();
     eprintln!(
-        "leakscope: attached to pid {} ({}): Python {} in {}; {} probes; sees {}. Ctrl-C for the final report.",
+        "leakscope: attached to pid {} ({}): Python {} in {}; {} probes{}; sees {}. Ctrl-C for the final report.",
         process.pid,
         process.comm,
         interp.version,
         interp.target_path,
         plan.probes.len(),
+        if symbolizer.is_some() { ", Python stacks" } else { "" },
         plan.coverage.sees()
     );
-    let mut resolver = types::Resolver::new(
+    let resolver = types::Resolver::new(
         process.memory(),
         interp.version,
         interp.ranges.clone(),
         plan.coverage == plan::Coverage::Complete,
     );
-    let mut agg = aggregate::Aggregator::new();
+    let mut state = State {
+        resolver,
+        symbolizer,
+        agg: aggregate::Aggregator::new(),
+        events: Vec::with_capacity(1 << 16),
+    };
     let mut session = Session { args: &args, plan: &plan, pid: process.pid, started };
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -159,23 +188,23 @@ fn trace(args: TraceArgs) -> Result<()> {
         let reason = loop {
             tokio::select! {
                 _ = drain_tick.tick() => {
-                    pump(&mut tracer, &mut resolver, &mut agg);
+                    state.pump(&mut tracer);
                     ticks += 1;
                     if ticks.is_multiple_of(10) && !process.alive() {
                         break "target exited";
                     }
                 }
                 _ = report_tick.tick() => {
-                    pump(&mut tracer, &mut resolver, &mut agg);
-                    session.emit(&tracer, &mut resolver, &mut agg, None)?;
+                    state.pump(&mut tracer);
+                    session.emit(&tracer, &mut state, None)?;
                 }
                 _ = tokio::signal::ctrl_c() => break "interrupted",
                 _ = sigterm.recv() => break "terminated",
                 _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break "duration",
             }
         };
-        pump(&mut tracer, &mut resolver, &mut agg);
-        session.emit(&tracer, &mut resolver, &mut agg, Some(reason))?;
+        state.pump(&mut tracer);
+        session.emit(&tracer, &mut state, Some(reason))?;
         anyhow::Ok(())
     })?;
     // Dropping the tracer detaches every probe: the target runs on untouched.
@@ -183,22 +212,41 @@ fn trace(args: TraceArgs) -> Result<()> {
     Ok(())
 }
 
-fn pump(tracer: &mut tracer::Tracer, resolver: &mut types::Resolver, agg: &mut aggregate::Aggregator) {
-    use leakscope_common::{EVENT_BIRTH, EVENT_FREE};
-    tracer.drain(|e| match e.kind {
-        EVENT_BIRTH => {
-            let birth = resolver.get(e.type_ptr).and_then(|t| {
-                t.tracked.then(|| aggregate::Birth {
-                    type_ptr: e.type_ptr,
-                    bytes: python::object_bytes(t.basicsize, t.itemsize, e.ob_size, t.preheader),
-                    preheader: t.preheader,
-                })
-            });
-            agg.birth(e.addr, birth);
+/// Everything user space keeps between reports.
+struct State {
+    resolver: types::Resolver,
+    symbolizer: Option<stacks::Symbolizer>,
+    agg: aggregate::Aggregator,
+    events: Vec<leakscope_common::Event>,
+}
+
+impl State {
+    /// Drains the ring buffer into the aggregator.
+    fn pump(&mut self, tracer: &mut tracer::Tracer) {
+        use leakscope_common::{EVENT_BIRTH, EVENT_FREE};
+        tracer.drain(&mut self.events);
+        for e in self.events.drain(..) {
+            match e.kind {
+                EVENT_BIRTH => {
+                    let birth = self.resolver.get(e.type_ptr).and_then(|t| {
+                        t.tracked.then_some((t.basicsize, t.itemsize, t.preheader))
+                    });
+                    let birth = birth.map(|(basicsize, itemsize, preheader)| aggregate::Birth {
+                        type_ptr: e.type_ptr,
+                        bytes: python::object_bytes(basicsize, itemsize, e.ob_size, preheader),
+                        preheader,
+                        site: match &mut self.symbolizer {
+                            Some(sym) => sym.site(e.stack_id, |id| tracer.stack(id)),
+                            None => 0,
+                        },
+                    });
+                    self.agg.birth(e.addr, birth);
+                }
+                EVENT_FREE => self.agg.free(e.addr),
+                _ => {}
+            }
         }
-        EVENT_FREE => agg.free(e.addr),
-        _ => {}
-    });
+    }
 }
 
 struct Session<'a> {
@@ -209,18 +257,42 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    fn emit(
-        &mut self,
-        tracer: &tracer::Tracer,
-        resolver: &mut types::Resolver,
-        agg: &mut aggregate::Aggregator,
-        reason: Option<&str>,
-    ) -> Result<()> {
+    fn emit(&mut self, tracer: &tracer::Tracer, state: &mut State, reason: Option<&str>) -> Result<()> {
         let elapsed = self.started.elapsed().as_secs_f64();
-        let types = agg.snapshot(elapsed, &mut |t| {
+        let State { resolver, symbolizer, agg, .. } = state;
+        let (types, site_rows) = agg.snapshot(elapsed, &mut |t| {
             resolver.get(t).map(|i| i.name.clone()).unwrap_or_else(|| format!("<type {t:#x}>"))
         });
         resolver.revalidate();
+        let empty = stacks::Sites::default();
+        let sites = symbolizer.as_ref().map_or(&empty, |s| &s.sites);
+        let site_reports: Vec<report::SiteReport> = site_rows
+            .iter()
+            .filter(|r| r.live > 0)
+            .take(self.args.top)
+            .map(|r| {
+                let site = sites.get(r.site);
+                report::SiteReport {
+                    type_name: r.name.clone(),
+                    live: r.live,
+                    live_bytes: r.live_bytes,
+                    births: r.births,
+                    deaths: r.deaths,
+                    rate_per_s: r.rate_per_s,
+                    growing: r.growing,
+                    frames: site.frames.clone(),
+                    truncated: site.truncated,
+                }
+            })
+            .collect();
+        if reason.is_some() {
+            self.write_graphs(&site_rows, sites)?;
+        }
+        let unreadable_stacks = symbolizer.as_ref().map_or(0, |s| s.unreadable_stacks);
+        if let Some(s) = symbolizer {
+            s.revalidate();
+        }
+        let walk = tracer.walk();
         let drops = tracer.drops();
         let (probes, programs) = if self.args.stats {
             let hits = tracer.hits(self.plan.probes.len());
@@ -256,20 +328,58 @@ impl Session<'_> {
             elapsed_s: elapsed,
             interval_s: self.args.interval,
             types,
+            sites: site_reports,
             live_objects: agg.live_objects() as u64,
             ignored_births: agg.ignored_births,
             lost: report::Losses {
                 ringbuf_full: drops[leakscope_common::DROP_RINGBUF_FULL as usize],
                 kernel_read_failed: drops[leakscope_common::DROP_READ_FAILED as usize],
                 unreadable_types: resolver.failed_reads,
+                no_thread_state: drops[leakscope_common::DROP_NO_TSTATE as usize],
+                stack_map_full: drops[leakscope_common::DROP_STACK_MAP_FULL as usize],
+                frame_read_failed: drops[leakscope_common::DROP_FRAME_READ_FAILED as usize],
+                unreadable_stacks,
             },
             probes,
             programs,
+            walk: self.args.stats.then(|| report::WalkStats {
+                walks: walk[leakscope_common::WALK_COUNT as usize],
+                frames: walk[leakscope_common::WALK_FRAMES as usize],
+                ns: walk[leakscope_common::WALK_NS as usize],
+                truncated: walk[leakscope_common::WALK_TRUNCATED as usize],
+            }),
         };
         let text = if self.args.json { report::json(&report) + "\n" } else { report::text(&report, self.args.top) + "\n" };
         let mut out = std::io::stdout().lock();
         out.write_all(text.as_bytes()).context("writing the report")?;
         out.flush()?;
+        Ok(())
+    }
+}
+
+impl Session<'_> {
+    /// `--folded` / `--flamegraph`: the surviving allocations of the growing sites (of every
+    /// site with survivors when none grows), one folded line per (site, type).
+    fn write_graphs(&self, rows: &[aggregate::TypeRow], sites: &stacks::Sites) -> Result<()> {
+        if self.args.folded.is_none() && self.args.flamegraph.is_none() {
+            return Ok(());
+        }
+        let any_growing = rows.iter().any(|r| r.growing && r.live > 0);
+        let entries: Vec<(&stacks::Site, String, u64)> = rows
+            .iter()
+            .filter(|r| r.live > 0 && (r.growing || !any_growing))
+            .map(|r| (sites.get(r.site), format!("{} ({} live)", r.name, report::thousands(r.live)), r.live_bytes))
+            .collect();
+        let folded = stacks::folded(&entries);
+        if let Some(path) = &self.args.folded {
+            std::fs::write(path, &folded).with_context(|| format!("writing {}", path.display()))?;
+        }
+        if let Some(path) = &self.args.flamegraph {
+            let title = if any_growing { "leakscope: growing allocation sites" } else { "leakscope: surviving allocations (no site is growing)" };
+            let subtitle = format!("pid {} · live bytes of objects born since attach, by Python stack and type", self.pid);
+            let svg = report::flamegraph(&folded, title, &subtitle)?;
+            std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+        }
         Ok(())
     }
 }

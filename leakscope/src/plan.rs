@@ -225,3 +225,30 @@ fn jump_target(code: &[u8], vaddr: u64, bias: u64, mem: &crate::process::Memory)
 fn writes_register(i: &iced_x86::Instruction, reg: Register) -> bool {
     (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).full_register() == reg && n == 0)
 }
+
+/// The BPF stack walker's settings for this interpreter (`None`: this version has no
+/// stack layout, or `_PyRuntime` is not exported).
+pub fn stack_config(interp: &Interpreter, timing: bool) -> Option<leakscope_common::StackConfig> {
+    use leakscope_common::{FRAME_WINDOW_WORDS, NO_OFFSET, StackConfig};
+    let l = crate::python::stack_layout(interp.version)?;
+    let (runtime, _) = interp.binary.symbol("_PyRuntime")?;
+    let read = l.frame_code.max(l.frame_prev).max(l.frame_instr) + 8;
+    if read > 8 * FRAME_WINDOW_WORDS as u64 {
+        return None;
+    }
+    Some(StackConfig {
+        mode: if l.gil_ptr_off.is_some() { 2 } else { 1 },
+        code_word: (l.frame_code / 8) as u32,
+        prev_word: (l.frame_prev / 8) as u32,
+        instr_word: (l.frame_instr / 8) as u32,
+        tstate_addr: runtime + interp.bias + l.runtime_off,
+        gil_ptr_off: l.gil_ptr_off.unwrap_or(0),
+        gil_holder_off: 8,
+        gil_locked_off: 16,
+        native_tid_off: l.native_tid_off.unwrap_or(0),
+        frame_off1: l.frame_path.0,
+        frame_off2: l.frame_path.1.unwrap_or(NO_OFFSET),
+        frame_read: read,
+        timing: timing as u64,
+    })
+}

@@ -82,6 +82,10 @@ pub mod dict {
 pub fn ascii_data_offset(v: Version) -> u64 {
     if v.minor >= 12 { 40 } else { 48 }
 }
+/// Data of a compact non-ASCII `str` starts after `PyCompactUnicodeObject`.
+pub fn compact_data_offset(v: Version) -> u64 {
+    if v.minor >= 12 { 56 } else { 72 }
+}
 /// `PyASCIIObject.state` and `.length`.
 pub const STR_LENGTH: u64 = 16;
 pub const STR_STATE: u64 = 32;
@@ -107,3 +111,126 @@ pub mod hooks {
     /// `tp_free` of GC and non-GC objects, and realloc (a resize may move the object).
     pub const FREES: &[&str] = &["PyObject_GC_Del", "PyObject_Free", "PyObject_Realloc"];
 }
+
+/// Where an instruction position in a captured frame points (see `stacks.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Instr {
+    /// `f_lasti`, a byte offset (3.9).
+    LastiBytes,
+    /// `f_lasti`, in code units (3.10).
+    LastiUnits,
+    /// A pointer into the code object's `co_code_adaptive`, which starts at this offset
+    /// (3.11/3.12 `prev_instr`: the last started instruction; 3.13 `instr_ptr`: the current).
+    Pointer { code_adaptive: u64 },
+}
+
+/// How to find the current thread's Python frames and read code objects, per version.
+/// Offsets: CPython headers and DWARF of the builds on this machine
+/// (shared/notes/cpython-internals.md §2.2–§2.7, §9.2), checked live by the e2e tests.
+#[derive(Clone, Copy, Debug)]
+pub struct StackLayout {
+    /// Offset in `_PyRuntime` of `gilstate.tstate_current` (≤3.11) or of
+    /// `interpreters.head` (3.12+, then the GIL holder is used).
+    pub runtime_off: u64,
+    /// 3.12+: `interp->ceval.gil` (a pointer to the GIL in use); its `last_holder` is at +8
+    /// and `locked` at +16.
+    pub gil_ptr_off: Option<u64>,
+    /// `PyThreadState.native_thread_id` (3.11+), checked against the allocating thread.
+    pub native_tid_off: Option<u64>,
+    /// `tstate → frame`: one or two loads (3.11/3.12 go through `cframe`).
+    pub frame_path: (u64, Option<u64>),
+    /// Offsets in the frame struct of the code object, the previous frame and the position.
+    pub frame_code: u64,
+    pub frame_prev: u64,
+    pub frame_instr: u64,
+    pub instr: Instr,
+    // PyCodeObject
+    pub co_firstlineno: u64,
+    pub co_filename: u64,
+    pub co_name: u64,
+    /// `co_qualname` (3.11+); `co_name` before.
+    pub co_qualname: Option<u64>,
+    pub co_linetable: u64,
+    pub table: crate::linetable::TableKind,
+}
+
+pub fn stack_layout(v: Version) -> Option<StackLayout> {
+    use crate::linetable::TableKind::*;
+    Some(match v.minor {
+        // PyFrameObject: f_back 24, f_code 32, f_lasti 104 (3.9) / 96 (3.10).
+        9 | 10 => StackLayout {
+            runtime_off: 568,
+            gil_ptr_off: None,
+            native_tid_off: None,
+            frame_path: (24, None),
+            frame_code: 32,
+            frame_prev: 24,
+            frame_instr: if v.minor == 9 { 104 } else { 96 },
+            instr: if v.minor == 9 { Instr::LastiBytes } else { Instr::LastiUnits },
+            co_firstlineno: 40,
+            co_filename: 104,
+            co_name: 112,
+            co_qualname: None,
+            co_linetable: 120,
+            table: if v.minor == 9 { Lnotab39 } else { Linetable310 },
+        },
+        // _PyInterpreterFrame: f_code 32, previous 48, prev_instr 56; tstate->cframe 56,
+        // cframe->current_frame 8.
+        11 => StackLayout {
+            runtime_off: 576,
+            gil_ptr_off: None,
+            native_tid_off: Some(160),
+            frame_path: (56, Some(8)),
+            frame_code: 32,
+            frame_prev: 48,
+            frame_instr: 56,
+            instr: Instr::Pointer { code_adaptive: 184 },
+            co_firstlineno: 72,
+            co_filename: 112,
+            co_name: 120,
+            co_qualname: Some(128),
+            co_linetable: 136,
+            table: Locations311,
+        },
+        // f_code 0, previous 8, prev_instr 56; tstate->cframe 56, cframe->current_frame 0.
+        12 => StackLayout {
+            runtime_off: 40,
+            gil_ptr_off: Some(384),
+            native_tid_off: Some(144),
+            frame_path: (56, Some(0)),
+            frame_code: 0,
+            frame_prev: 8,
+            frame_instr: 56,
+            instr: Instr::Pointer { code_adaptive: 192 },
+            co_firstlineno: 68,
+            co_filename: 112,
+            co_name: 120,
+            co_qualname: Some(128),
+            co_linetable: 136,
+            table: Locations311,
+        },
+        // f_executable 0, previous 8, instr_ptr 56; tstate->current_frame 72. These equal
+        // the values of 3.13's own _Py_DebugOffsets.
+        13 => StackLayout {
+            runtime_off: 632,
+            gil_ptr_off: Some(16),
+            native_tid_off: Some(160),
+            frame_path: (72, None),
+            frame_code: 0,
+            frame_prev: 8,
+            frame_instr: 56,
+            instr: Instr::Pointer { code_adaptive: 200 },
+            co_firstlineno: 68,
+            co_filename: 112,
+            co_name: 120,
+            co_qualname: Some(128),
+            co_linetable: 136,
+            table: Locations311,
+        },
+        _ => return None,
+    })
+}
+
+/// `PyBytesObject`: `ob_size` at +16, data at +32.
+pub const BYTES_SIZE: u64 = 16;
+pub const BYTES_DATA: u64 = 32;

@@ -1,8 +1,35 @@
 //! Reports: the data (serializable, one JSON object per line with `--json`) and its text
 //! rendering. Pure: rows in, bytes out.
 use crate::aggregate::TypeRow;
+use crate::stacks::Frame;
 use serde::Serialize;
 use std::fmt::Write;
+
+/// One allocation site of one type: where surviving objects were born.
+#[derive(Clone, Debug, Serialize)]
+pub struct SiteReport {
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub live: u64,
+    pub live_bytes: u64,
+    pub births: u64,
+    pub deaths: u64,
+    pub rate_per_s: f64,
+    pub growing: bool,
+    /// Innermost frame first.
+    pub frames: Vec<Frame>,
+    /// The stack was cut (deeper than the walk goes, or a frame was unreadable).
+    pub truncated: bool,
+}
+
+/// What stack walking cost and lost (with `--stats`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WalkStats {
+    pub walks: u64,
+    pub frames: u64,
+    pub ns: u64,
+    pub truncated: u64,
+}
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Losses {
@@ -12,6 +39,14 @@ pub struct Losses {
     pub kernel_read_failed: u64,
     /// Births whose type object user space could not read (counted as unknown type).
     pub unreadable_types: u64,
+    /// Births without a stack: no Python thread state for the allocating thread.
+    pub no_thread_state: u64,
+    /// Stacks not stored because the kernel's stack map was full.
+    pub stack_map_full: u64,
+    /// Stack walks cut short by an unreadable frame.
+    pub frame_read_failed: u64,
+    /// Stacks user space could not read back from the kernel map.
+    pub unreadable_stacks: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -40,6 +75,8 @@ pub struct Report {
     pub elapsed_s: f64,
     pub interval_s: f64,
     pub types: Vec<TypeRow>,
+    /// Allocation sites, growing ones first (at most `--top`).
+    pub sites: Vec<SiteReport>,
     pub live_objects: u64,
     pub ignored_births: u64,
     pub lost: Losses,
@@ -47,6 +84,8 @@ pub struct Report {
     pub probes: Option<Vec<ProbeStat>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub programs: Option<Vec<ProgramStat>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub walk: Option<WalkStats>,
 }
 
 pub fn json(report: &Report) -> String {
@@ -131,13 +170,25 @@ pub fn text(report: &Report, top: usize) -> String {
     if shown.len() > top {
         let _ = writeln!(s, "  … {} more types (--top N shows more)", shown.len() - top);
     }
+    sites_text(&mut s, report);
     let l = &report.lost;
     let _ = writeln!(
         s,
-        "  lost: {} events (ring buffer full) · {} unreadable objects · {} unreadable types{}",
+        "  lost: {} events (ring buffer full) · {} unreadable objects · {} unreadable types{}{}",
         thousands(l.ringbuf_full),
         thousands(l.kernel_read_failed),
         thousands(l.unreadable_types),
+        if l.no_thread_state + l.stack_map_full + l.frame_read_failed + l.unreadable_stacks > 0 {
+            format!(
+                " · stacks: {} without thread state, {} map full, {} cut by unreadable frames, {} unreadable",
+                thousands(l.no_thread_state),
+                thousands(l.stack_map_full),
+                thousands(l.frame_read_failed),
+                thousands(l.unreadable_stacks)
+            )
+        } else {
+            String::new()
+        },
         if report.ignored_births > 0 {
             format!(" · {} births of builtin types not counted (not visible on this build)", thousands(report.ignored_births))
         } else {
@@ -156,6 +207,17 @@ pub fn text(report: &Report, top: usize) -> String {
             );
         }
     }
+    if let Some(w) = &report.walk {
+        let _ = writeln!(
+            s,
+            "  stack walks: {} · {:.1} frames each · {} ns each · {} truncated at {} frames",
+            thousands(w.walks),
+            if w.walks > 0 { w.frames as f64 / w.walks as f64 } else { 0.0 },
+            w.ns.checked_div(w.walks).unwrap_or(0),
+            thousands(w.truncated),
+            leakscope_common::MAX_FRAMES
+        );
+    }
     if let Some(programs) = &report.programs {
         for p in programs {
             let per = if p.runs > 0 { p.run_time_ns / p.runs } else { 0 };
@@ -171,6 +233,63 @@ pub fn text(report: &Report, top: usize) -> String {
     s
 }
 
+/// Frames shown per site in the text report (innermost first).
+pub const SITE_FRAMES: usize = 6;
+
+fn sites_text(s: &mut String, report: &Report) {
+    let growing: Vec<&SiteReport> = report.sites.iter().filter(|x| x.growing).collect();
+    if growing.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "  GROWING ALLOCATION SITES (innermost frame first)");
+    for site in growing {
+        let _ = writeln!(
+            s,
+            "▲ {} · {} live · {} · {:.1}/s",
+            site.type_name,
+            thousands(site.live),
+            human_bytes(site.live_bytes),
+            site.rate_per_s
+        );
+        for f in site.frames.iter().take(SITE_FRAMES) {
+            let _ = writeln!(s, "      {}", f.label());
+        }
+        if site.frames.is_empty() {
+            let _ = writeln!(s, "      [no Python stack]");
+        }
+        let more = site.frames.len().saturating_sub(SITE_FRAMES);
+        match (more, site.truncated) {
+            (0, false) => {}
+            (0, true) => {
+                let _ = writeln!(s, "      … (truncated)");
+            }
+            (n, t) => {
+                let _ = writeln!(s, "      … {n} more frames{}", if t { " (truncated)" } else { "" });
+            }
+        }
+    }
+}
+
+/// The flamegraph SVG of folded stacks (see `stacks::folded`): width is live bytes.
+pub fn flamegraph(folded: &str, title: &str, subtitle: &str) -> std::io::Result<Vec<u8>> {
+    use inferno::flamegraph::{self, Options, color::{BasicPalette, Palette}};
+    let mut opts = Options::default();
+    opts.title = title.to_string();
+    opts.subtitle = Some(subtitle.to_string());
+    opts.count_name = "bytes".to_string();
+    opts.name_type = "Frame:".to_string();
+    opts.colors = Palette::Basic(BasicPalette::Mem);
+    opts.deterministic = true;
+    let mut svg = Vec::new();
+    if folded.is_empty() {
+        // inferno refuses empty input; an empty graph still says what it is.
+        flamegraph::from_lines(&mut opts, ["[nothing survived] 1"].into_iter(), &mut svg)?;
+    } else {
+        flamegraph::from_lines(&mut opts, folded.lines(), &mut svg)?;
+    }
+    Ok(svg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +297,7 @@ mod tests {
     fn row(name: &str, live: u64, growing: bool) -> TypeRow {
         TypeRow {
             type_ptr: 0,
+            site: 0,
             name: name.into(),
             live,
             live_bytes: live * 64,
@@ -198,11 +318,26 @@ mod tests {
             elapsed_s: 10.0,
             interval_s: 2.0,
             types: vec![row("__main__.Leak", 20000, true), row("dict", 12, false), row("gone", 0, false)],
+            sites: vec![SiteReport {
+                type_name: "__main__.Leak".into(),
+                live: 20000,
+                live_bytes: 20000 * 64,
+                births: 20000,
+                deaths: 0,
+                rate_per_s: 2000.0,
+                growing: true,
+                frames: vec![
+                    Frame { function: "level3".into(), file: "app.py".into(), line: Some(7) },
+                    Frame { function: "<module>".into(), file: "app.py".into(), line: Some(20) },
+                ],
+                truncated: false,
+            }],
             live_objects: 20012,
             ignored_births: 0,
             lost: Losses::default(),
             probes: None,
             programs: None,
+            walk: None,
         }
     }
 
@@ -215,6 +350,10 @@ mod tests {
 ▲ __main__.Leak                                 20,000     1.2 MiB         100           0     2000.0
   dict                                              12       768 B         100           0        1.2
   gone                                               0         0 B         100           0        0.0
+  GROWING ALLOCATION SITES (innermost frame first)
+▲ __main__.Leak · 20,000 live · 1.2 MiB · 2000.0/s
+      level3 (app.py:7)
+      <module> (app.py:20)
   lost: 0 events (ring buffer full) · 0 unreadable objects · 0 unreadable types
 ";
         assert_eq!(got, want);
@@ -227,6 +366,19 @@ mod tests {
         assert_eq!(v["types"][0]["growing"], true);
         assert_eq!(v["lost"]["ringbuf_full"], 0);
         assert!(v.get("reason").is_none());
+    }
+
+    #[test]
+    fn flamegraph_is_deterministic_svg_naming_the_frames() {
+        let folded = "<module> (app.py:20);level3 (app.py:7);__main__.Leak (20,000 live) 1280000\n";
+        let a = flamegraph(folded, "t", "s").unwrap();
+        let b = flamegraph(folded, "t", "s").unwrap();
+        assert_eq!(a, b);
+        let svg = String::from_utf8(a).unwrap();
+        assert!(svg.starts_with("<?xml"), "{}", &svg[..60]);
+        assert!(svg.contains("level3 (app.py:7)"));
+        assert!(svg.contains("__main__.Leak (20,000 live)"));
+        assert!(svg.contains("1,280,000 bytes"), "tooltip counts bytes");
     }
 
     #[test]

@@ -5,10 +5,10 @@ use crate::plan::{Plan, ProbeSpec};
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{UProbe, uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope}},
 };
-use leakscope_common::{DROP_KINDS, Event, MAX_PROBES};
+use leakscope_common::{DROP_KINDS, Event, MAX_PROBES, RawStack, StackConfig, WALK_SLOTS};
 use std::{num::NonZeroU32, os::fd::OwnedFd};
 
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakscope.bpf.o"));
@@ -19,6 +19,8 @@ pub struct Tracer {
     events: RingBuf<MapData>,
     hits: PerCpuArray<MapData, u64>,
     drops: PerCpuArray<MapData, u64>,
+    walk: PerCpuArray<MapData, u64>,
+    stacks: BpfHashMap<MapData, u64, RawStack>,
     _stats: Option<OwnedFd>,
 }
 
@@ -35,7 +37,7 @@ pub fn check_uprobe_support(sysfs: &std::path::Path) -> Result<()> {
 }
 
 impl Tracer {
-    pub fn attach(plan: &Plan, pid: u32, stats: bool) -> Result<Tracer> {
+    pub fn attach(plan: &Plan, pid: u32, stats: bool, stack_config: StackConfig) -> Result<Tracer> {
         if BPF_OBJECT.is_empty() {
             bail!("this leakscope was built without its BPF object: run `cargo xtask build-ebpf`, then rebuild");
         }
@@ -57,6 +59,7 @@ impl Tracer {
             let prog: &mut UProbe = ebpf.program_mut(name).unwrap().try_into()?;
             prog.load().map_err(|e| explain(e).context(format!("loading BPF program {name}")))?;
         }
+        Array::<_, StackConfig>::try_from(ebpf.map_mut("CONFIG").unwrap())?.set(0, stack_config, 0)?;
         let pid = NonZeroU32::new(pid).context("pid 0")?;
         for (i, spec) in plan.probes.iter().enumerate() {
             attach_one(&mut ebpf, i as u64, spec, pid)?;
@@ -64,19 +67,27 @@ impl Tracer {
         let events = RingBuf::try_from(ebpf.take_map("EVENTS").unwrap())?;
         let hits = PerCpuArray::try_from(ebpf.take_map("HITS").unwrap())?;
         let drops = PerCpuArray::try_from(ebpf.take_map("DROPS").unwrap())?;
-        Ok(Tracer { ebpf, events, hits, drops, _stats })
+        let walk = PerCpuArray::try_from(ebpf.take_map("WALK").unwrap())?;
+        let stacks = BpfHashMap::try_from(ebpf.take_map("STACKS").unwrap())?;
+        Ok(Tracer { ebpf, events, hits, drops, walk, stacks, _stats })
     }
 
-    /// Hands every queued event to `f`; returns how many there were.
-    pub fn drain(&mut self, mut f: impl FnMut(Event)) -> usize {
-        let mut n = 0;
+    /// Moves every queued event into `out`.
+    pub fn drain(&mut self, out: &mut Vec<Event>) {
         while let Some(item) = self.events.next() {
             if item.len() >= size_of::<Event>() {
-                f(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
-                n += 1;
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
             }
         }
-        n
+    }
+
+    /// An interned stack, read back from the kernel's map.
+    pub fn stack(&self, id: u64) -> Option<RawStack> {
+        self.stacks.get(&id, 0).ok()
+    }
+
+    pub fn walk(&self) -> [u64; WALK_SLOTS as usize] {
+        std::array::from_fn(|i| Self::sum(&self.walk, i as u32))
     }
 
     fn sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {

@@ -1,0 +1,310 @@
+//! Allocation sites: captured stacks turned into Python frames (function, file, line), and
+//! interned so every report and output refers to a site by a small id.
+//!
+//! `Site`, `Sites` and `folded` are pure; `Symbolizer` reads code objects from the target.
+//! Code objects are cached by address; every report re-reads a fingerprint of each cached
+//! one, and a code object that was freed and replaced drops from the cache together with the
+//! kernel stacks that used it, so later births re-symbolize (objects already counted keep
+//! the site they were born at).
+use crate::linetable;
+use crate::process::Memory;
+use crate::python::{self, Instr, StackLayout};
+use hashbrown::{HashMap, HashSet};
+use leakscope_common::RawStack;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct Frame {
+    pub function: String,
+    pub file: String,
+    /// `None` where CPython reports no line for the instruction.
+    pub line: Option<i32>,
+}
+
+impl Frame {
+    pub fn label(&self) -> String {
+        match self.line {
+            Some(l) => format!("{} ({}:{l})", self.function, self.file),
+            None => format!("{} ({})", self.function, self.file),
+        }
+    }
+}
+
+/// A symbolized stack, innermost frame first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Site {
+    pub frames: Vec<Frame>,
+    /// The walk stopped before the outermost frame (depth limit or unreadable frame).
+    pub truncated: bool,
+}
+
+/// Interned sites; id 0 is "no stack captured".
+pub struct Sites {
+    list: Vec<Site>,
+    index: HashMap<Site, u32>,
+}
+
+impl Default for Sites {
+    fn default() -> Self {
+        let none = Site::default();
+        Sites { list: vec![none.clone()], index: HashMap::from_iter([(none, 0)]) }
+    }
+}
+
+impl Sites {
+    pub fn intern(&mut self, site: Site) -> u32 {
+        if let Some(&id) = self.index.get(&site) {
+            return id;
+        }
+        let id = self.list.len() as u32;
+        self.list.push(site.clone());
+        self.index.insert(site, id);
+        id
+    }
+
+    pub fn get(&self, id: u32) -> &Site {
+        &self.list[id as usize]
+    }
+}
+
+/// Folded stacks (`outer;…;inner;leaf count`), sorted, one per `(site, leaf, count)`.
+/// Flamegraph tools read this; `;` inside names is replaced so it cannot split a frame.
+pub fn folded(entries: &[(&Site, String, u64)]) -> String {
+    let clean = |s: &str| s.replace(';', ":");
+    let mut lines: Vec<String> = entries
+        .iter()
+        .filter(|(_, _, count)| *count > 0)
+        .map(|(site, leaf, count)| {
+            let mut parts: Vec<String> = Vec::new();
+            if site.frames.is_empty() {
+                parts.push("[no Python stack]".into());
+            }
+            if site.truncated {
+                parts.push("[truncated]".into());
+            }
+            parts.extend(site.frames.iter().rev().map(|f| clean(&f.label())));
+            parts.push(clean(leaf));
+            format!("{} {count}", parts.join(";"))
+        })
+        .collect();
+    lines.sort();
+    let mut out = lines.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out
+}
+
+struct CodeInfo {
+    function: String,
+    file: String,
+    firstlineno: i32,
+    table: Vec<u8>,
+    /// (filename ptr, name ptr, firstlineno): re-read to detect a replaced code object.
+    fingerprint: [u64; 3],
+}
+
+pub struct Symbolizer {
+    mem: Memory,
+    layout: StackLayout,
+    version: python::Version,
+    /// Runtime address of `PyCode_Type`: frames whose "code" is anything else (3.13's entry
+    /// frames hold None) are skipped.
+    code_type: u64,
+    codes: HashMap<u64, Option<CodeInfo>>,
+    /// Kernel stack id → site id, and which code objects each kernel stack used.
+    by_stack: HashMap<u64, u32>,
+    stack_codes: HashMap<u64, Vec<u64>>,
+    pub sites: Sites,
+    pub unreadable_stacks: u64,
+}
+
+impl Symbolizer {
+    pub fn new(mem: Memory, version: python::Version, layout: StackLayout, code_type: u64) -> Self {
+        Symbolizer {
+            mem,
+            layout,
+            version,
+            code_type,
+            codes: HashMap::new(),
+            by_stack: HashMap::new(),
+            stack_codes: HashMap::new(),
+            sites: Sites::default(),
+            unreadable_stacks: 0,
+        }
+    }
+
+    /// The site of kernel stack `id`; `fetch` reads the raw stack from the kernel map the
+    /// first time an id is seen.
+    pub fn site(&mut self, id: u64, fetch: impl FnOnce(u64) -> Option<RawStack>) -> u32 {
+        if id == 0 {
+            return 0;
+        }
+        if let Some(&site) = self.by_stack.get(&id) {
+            return site;
+        }
+        let Some(raw) = fetch(id) else {
+            self.unreadable_stacks += 1;
+            return 0;
+        };
+        let depth = (raw.depth as usize).min(raw.frames.len());
+        let mut frames = Vec::with_capacity(depth);
+        let mut used = Vec::with_capacity(depth);
+        for f in &raw.frames[..depth] {
+            if let Some(frame) = self.frame(f.code, f.instr) {
+                frames.push(frame);
+                used.push(f.code);
+            }
+        }
+        let site = self.sites.intern(Site { frames, truncated: raw.truncated != 0 });
+        self.by_stack.insert(id, site);
+        self.stack_codes.insert(id, used);
+        site
+    }
+
+    fn frame(&mut self, code: u64, instr: u64) -> Option<Frame> {
+        if !self.codes.contains_key(&code) {
+            let info = self.read_code(code);
+            self.codes.insert(code, info);
+        }
+        let info = self.codes.get(&code)?.as_ref()?;
+        let offset: Option<i64> = match self.layout.instr {
+            Instr::LastiBytes => Some(instr as u32 as i32 as i64),
+            Instr::LastiUnits => Some(instr as u32 as i32 as i64 * 2),
+            Instr::Pointer { code_adaptive } => Some(instr as i64 - (code + code_adaptive) as i64),
+        };
+        let line = match offset {
+            // Before the first instruction (a frame being set up): CPython says firstlineno.
+            Some(o) if o < 0 => Some(info.firstlineno),
+            Some(o) => linetable::line_at(self.layout.table, &info.table, info.firstlineno, o as u32),
+            None => None,
+        };
+        Some(Frame { function: info.function.clone(), file: info.file.clone(), line })
+    }
+
+    fn fingerprint(&self, code: u64) -> Option<[u64; 3]> {
+        let l = &self.layout;
+        Some([
+            self.mem.u64(code + l.co_filename).ok()?,
+            self.mem.u64(code + l.co_name).ok()?,
+            self.mem.u64(code + l.co_firstlineno).ok()? & 0xffff_ffff,
+        ])
+    }
+
+    fn read_code(&self, code: u64) -> Option<CodeInfo> {
+        if code == 0 || self.mem.u64(code + 8).ok()? != self.code_type {
+            return None;
+        }
+        let l = &self.layout;
+        let fingerprint = self.fingerprint(code)?;
+        let file = self.str(fingerprint[0])?;
+        let function = self.str(self.mem.u64(code + l.co_qualname.unwrap_or(l.co_name)).ok()?)?;
+        let table_obj = self.mem.u64(code + l.co_linetable).ok()?;
+        let len = self.mem.u64(table_obj + python::BYTES_SIZE).ok()?.min(1 << 20);
+        let mut table = vec![0u8; len as usize];
+        self.mem.read(table_obj + python::BYTES_DATA, &mut table).ok()?;
+        Some(CodeInfo { function, file, firstlineno: fingerprint[2] as u32 as i32, table, fingerprint })
+    }
+
+    /// A `str`: compact ASCII or compact UTF-8-representable (1-byte kind) text.
+    fn str(&self, s: u64) -> Option<String> {
+        let len = self.mem.u64(s + python::STR_LENGTH).ok()?;
+        let state = self.mem.u64(s + python::STR_STATE).ok()? as u32;
+        let (kind, compact, ascii) = ((state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1);
+        if compact == 0 || len > 4096 {
+            return None;
+        }
+        let data = s + if ascii == 1 {
+            python::ascii_data_offset(self.version)
+        } else {
+            python::compact_data_offset(self.version)
+        };
+        let mut buf = vec![0u8; (len * kind.max(1) as u64) as usize];
+        self.mem.read(data, &mut buf).ok()?;
+        Some(match kind {
+            1 if ascii == 1 => String::from_utf8_lossy(&buf).into_owned(),
+            1 => buf.iter().map(|&b| b as char).collect(),
+            2 => char::decode_utf16(buf.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])))
+                .map(|c| c.unwrap_or('?'))
+                .collect(),
+            4 => buf
+                .chunks_exact(4)
+                .map(|c| char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]])).unwrap_or('?'))
+                .collect(),
+            _ => return None,
+        })
+    }
+
+    /// Drops cached code objects that no longer match their fingerprint, and the kernel
+    /// stacks that used them. One small read per cached code object; called per report.
+    pub fn revalidate(&mut self) {
+        let stale: HashSet<u64> = self
+            .codes
+            .iter()
+            .filter(|(addr, info)| match info {
+                Some(i) => self.fingerprint(**addr) != Some(i.fingerprint),
+                None => true, // unreadable before: try again later
+            })
+            .map(|(addr, _)| *addr)
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        self.codes.retain(|a, _| !stale.contains(a));
+        let dead: Vec<u64> = self
+            .stack_codes
+            .iter()
+            .filter(|(_, codes)| codes.iter().any(|c| stale.contains(c)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            self.by_stack.remove(&id);
+            self.stack_codes.remove(&id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(function: &str, line: i32) -> Frame {
+        Frame { function: function.into(), file: "app.py".into(), line: Some(line) }
+    }
+
+    #[test]
+    fn interning_gives_stable_ids() {
+        let mut sites = Sites::default();
+        let a = Site { frames: vec![f("leak", 3), f("main", 9)], truncated: false };
+        let b = Site { frames: vec![f("leak", 4), f("main", 9)], truncated: false };
+        assert_eq!(sites.intern(a.clone()), 1);
+        assert_eq!(sites.intern(b), 2);
+        assert_eq!(sites.intern(a.clone()), 1);
+        assert_eq!(sites.get(1), &a);
+        assert_eq!(sites.get(0).frames.len(), 0);
+    }
+
+    #[test]
+    fn folded_snapshot() {
+        let a = Site { frames: vec![f("Handler.leak", 3), f("<module>", 9)], truncated: false };
+        let deep = Site { frames: vec![f("rec", 5)], truncated: true };
+        let none = Site::default();
+        let got = folded(&[
+            (&deep, "dict (10 live)".into(), 640),
+            (&a, "__main__.Leak (2,000 live)".into(), 112_000),
+            (&none, "float (3 live)".into(), 72),
+            (&a, "ignored".into(), 0),
+        ]);
+        let want = "\
+<module> (app.py:9);Handler.leak (app.py:3);__main__.Leak (2,000 live) 112000
+[no Python stack];float (3 live) 72
+[truncated];rec (app.py:5);dict (10 live) 640
+";
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn semicolons_cannot_split_frames() {
+        let s = Site { frames: vec![Frame { function: "a;b".into(), file: "x;y.py".into(), line: None }], truncated: false };
+        assert_eq!(folded(&[(&s, "T".into(), 1)]), "a:b (x:y.py);T 1\n");
+    }
+}
