@@ -16,7 +16,7 @@ print("ready", flush=True)
 while True:
     due = int((time.monotonic() - start) * RATE)
     while len(kept) < due:
-        kept.append(Leak())
+        kept.append(Leak())  # LEAK-SITE
     # temporaries that die at once: must not show up as growth
     tmp = [{"k": i, "v": (i, str(i))} for i in range(50)]
     del tmp

@@ -199,3 +199,26 @@ pub fn assert_no_losses(report: &Value) {
 pub fn assert_rate(rate: f64, truth: f64, pct: f64, what: &str) {
     assert!((rate - truth).abs() <= truth * pct / 100.0, "{what}: rate {rate:.1}/s, truth {truth}/s (±{pct}%)");
 }
+
+/// The line of `script` that carries the comment `# MARKER`.
+pub fn marker_line(script_name: &str, marker: &str) -> i64 {
+    let text = std::fs::read_to_string(script(script_name)).unwrap();
+    let tag = format!("# {marker}");
+    1 + text.lines().position(|l| l.trim_end().ends_with(&tag)).unwrap_or_else(|| panic!("{marker} not in {script_name}")) as i64
+}
+
+/// `(function, file name, line)` of a frame in a JSON site.
+pub fn frame(site: &Value, i: usize) -> (String, String, i64) {
+    let f = &site["frames"][i];
+    let file = f["file"].as_str().unwrap_or("");
+    (
+        f["function"].as_str().unwrap_or("").to_string(),
+        file.rsplit('/').next().unwrap().to_string(),
+        f["line"].as_i64().unwrap_or(-1),
+    )
+}
+
+/// The growing sites of a report.
+pub fn growing_sites(report: &Value) -> Vec<Value> {
+    report["sites"].as_array().unwrap().iter().filter(|s| s["growing"] == true).cloned().collect()
+}

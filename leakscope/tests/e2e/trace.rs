@@ -17,6 +17,8 @@ fn leaking_class_on_top(interpreter: &Path) {
     assert_eq!(top["growing"], true);
     assert_rate(top["rate_per_s"].as_f64().unwrap(), RATE, 10.0, "__main__.Leak");
     assert_eq!(top["deaths"], 0);
+    let site = &growing_sites(&last)[0];
+    assert_eq!(frame(site, 0), ("<module>".to_string(), "leak.py".to_string(), marker_line("leak.py", "LEAK-SITE")));
     let growing: Vec<_> = last["types"].as_array().unwrap().iter().filter(|t| t["growing"] == true).collect();
     assert_eq!(growing.len(), 1, "only the class leaks: {growing:?}");
     assert_no_losses(&last);
@@ -32,6 +34,7 @@ fn churn_reports_nothing_growing(interpreter: &Path, min_births: u64) {
     for r in &reports {
         let growing: Vec<_> = r["types"].as_array().unwrap().iter().filter(|t| t["growing"] == true).collect();
         assert!(growing.is_empty(), "churn reported growth: {growing:?}");
+        assert!(growing_sites(r).is_empty(), "churn reported a growing site: {:?}", growing_sites(r));
         assert_no_losses(r);
     }
     let last = reports.last().unwrap();
@@ -176,6 +179,9 @@ fn other_versions_find_the_leaking_class() {
         let last = run.last();
         let leak = row(&last, "__main__.Leak").unwrap_or_else(|| panic!("{version}: {last}"));
         assert_eq!(leak["growing"], true, "{version}: {leak}");
+        // its site, to the line, through this version's frame layout and line table
+        let site = growing_sites(&last).into_iter().find(|s| s["type"] == "__main__.Leak").expect(version);
+        assert_eq!(frame(&site, 0), ("<module>".to_string(), "leak.py".to_string(), marker_line("leak.py", "LEAK-SITE")), "{version}");
         assert_rate(leak["rate_per_s"].as_f64().unwrap(), RATE, 10.0, version);
         let allowed: &[&str] = if ["3.9.18", "3.10.13"].contains(&version) { &["__main__.Leak", "dict"] } else { &["__main__.Leak"] };
         for t in last["types"].as_array().unwrap().iter().filter(|t| t["growing"] == true) {
