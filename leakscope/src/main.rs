@@ -228,6 +228,11 @@ impl State {
         for e in self.events.drain(..) {
             match e.kind {
                 EVENT_BIRTH => {
+                    if let Some(sym) = &mut self.symbolizer {
+                        if e.type_ptr == sym.code_type() {
+                            sym.code_born(e.addr);
+                        }
+                    }
                     let birth = self.resolver.get(e.type_ptr).and_then(|t| {
                         t.tracked.then_some((t.basicsize, t.itemsize, t.preheader))
                     });

@@ -2,10 +2,12 @@
 //! interned so every report and output refers to a site by a small id.
 //!
 //! `Site`, `Sites` and `folded` are pure; `Symbolizer` reads code objects from the target.
-//! Code objects are cached by address; every report re-reads a fingerprint of each cached
-//! one, and a code object that was freed and replaced drops from the cache together with the
-//! kernel stacks that used it, so later births re-symbolize (objects already counted keep
-//! the site they were born at).
+//! Code objects are cached by address. A code object freed and replaced by another at the
+//! same address is caught two ways: where the build shows code objects' own births (complete
+//! builds), that birth invalidates the address at exactly the right point in the event
+//! stream; everywhere, each report re-reads a fingerprint of every cached code object. Either
+//! way the entry drops together with the kernel stacks that used it, so later births
+//! re-symbolize (objects already counted keep the site they were born at).
 use crate::linetable;
 use crate::process::Memory;
 use crate::python::{self, Instr, StackLayout};
@@ -234,6 +236,31 @@ impl Symbolizer {
         })
     }
 
+    /// A new code object was born at `addr` (seen on complete builds): whatever was cached
+    /// for that address is stale from this event on, and so are the kernel stacks using it.
+    pub fn code_born(&mut self, addr: u64) {
+        if self.codes.remove(&addr).is_some() {
+            self.forget_stacks(&HashSet::from_iter([addr]));
+        }
+    }
+
+    pub fn code_type(&self) -> u64 {
+        self.code_type
+    }
+
+    fn forget_stacks(&mut self, stale: &HashSet<u64>) {
+        let dead: Vec<u64> = self
+            .stack_codes
+            .iter()
+            .filter(|(_, codes)| codes.iter().any(|c| stale.contains(c)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            self.by_stack.remove(&id);
+            self.stack_codes.remove(&id);
+        }
+    }
+
     /// Drops cached code objects that no longer match their fingerprint, and the kernel
     /// stacks that used them. One small read per cached code object; called per report.
     pub fn revalidate(&mut self) {
@@ -250,16 +277,7 @@ impl Symbolizer {
             return;
         }
         self.codes.retain(|a, _| !stale.contains(a));
-        let dead: Vec<u64> = self
-            .stack_codes
-            .iter()
-            .filter(|(_, codes)| codes.iter().any(|c| stale.contains(c)))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in dead {
-            self.by_stack.remove(&id);
-            self.stack_codes.remove(&id);
-        }
+        self.forget_stacks(&stale);
     }
 }
 

@@ -123,3 +123,23 @@ fn debian_311_asyncio_task_leak() {
         asyncio_task(&debian_python());
     }
 }
+
+/// code_reuse.py: a new function per phase, each code object freed after its phase, so
+/// addresses get reused with the same instruction offsets. Every site must name the
+/// function of its own phase (`Leak7` from `make7`), never a predecessor's.
+#[test]
+fn pyenv_311_reused_code_object_addresses_keep_sites_right() {
+    if !privileged() {
+        return;
+    }
+    let target = crate::support::python(&pyenv("3.11.7"), "code_reuse.py", &["1000"]);
+    let last = trace(target.pid, 8, &["--top", "1000"]).last();
+    let mut checked = 0;
+    for site in last["sites"].as_array().unwrap() {
+        let ty = site["type"].as_str().unwrap();
+        let Some(k) = ty.rsplit(".").next().unwrap().strip_prefix("Leak") else { continue };
+        assert_eq!(frame(site, 0).0, format!("make{k}"), "{site:#}");
+        checked += 1;
+    }
+    assert!(checked >= 20, "only {checked} phases seen");
+}
