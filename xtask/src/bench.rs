@@ -29,42 +29,53 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
          medians of {rounds} interleaved rounds"
     );
     println!(
-        "{:<40} {:>9} {:>9} {:>9} {:>11} {:>8} {:>10} | {:>12} {:>8}",
-        "interpreter", "untraced", "traced", "slowdown", "probe hits", "µs/hit", "bpf ns/run",
-        "at entries", "µs/hit"
+        "{:<40} {:>9} | {:>15} | {:>15} | {:>15} | {:>10} {:>13}",
+        "interpreter", "untraced", "types only", "types+stacks", "at entries", "probe hits", "stack walk"
     );
     for interp in &interps {
         if !Path::new(&interp.python).exists() {
             bail!("{} not found", interp.python);
         }
-        let (mut plain, mut traced, mut entries, mut hits, mut bpf) = (vec![], vec![], vec![], 0u64, 0u64);
+        let mut times: [Vec<f64>; 4] = Default::default();
+        let mut last = Traced::default();
         for _ in 0..rounds {
-            plain.push(run_workload(&interp.python, &workload, iterations, None)?.0);
-            let (t, h, b) = run_workload(&interp.python, &workload, iterations, Some((&leakscope, false)))?;
-            traced.push(t);
-            (hits, bpf) = (h, b);
-            entries.push(run_workload(&interp.python, &workload, iterations, Some((&leakscope, true)))?.0);
+            for (i, mode) in [None, Some(&["--no-stacks"][..]), Some(&[][..]), Some(&["--entry-probes"][..])].into_iter().enumerate() {
+                let r = run_workload(&interp.python, &workload, iterations, mode.map(|m| (leakscope.as_path(), m)))?;
+                times[i].push(r.secs);
+                if i == 2 {
+                    last = r;
+                }
+            }
         }
-        let (p, t, e) = (median(&mut plain), median(&mut traced), median(&mut entries));
-        let per_hit = |x: f64| if hits > 0 { (x - p) * 1e6 / hits as f64 } else { 0.0 };
+        let [p, t, st, e] = times.map(|mut v| median(&mut v));
+        let cell = |x: f64| format!("{x:>6.3}s {:>5.1}x", x / p);
         println!(
-            "{:<40} {:>8.3}s {:>8.3}s {:>8.1}x {:>11} {:>8.2} {:>10} | {:>7.3}s {:>3.0}x {:>8.2}",
+            "{:<40} {:>8.3}s | {} | {} | {} | {:>10} {:>6} ns/{:.1}f",
             interp.label,
             p,
-            t,
-            t / p,
-            hits,
-            per_hit(t),
-            bpf,
-            e,
-            e / p,
-            per_hit(e)
+            cell(t),
+            cell(st),
+            cell(e),
+            last.hits,
+            last.walk_ns,
+            last.walk_frames
         );
+        if last.hits > 0 {
+            println!(
+                "{:<40} µs per probe hit: {:.2} types only, {:.2} with stacks, {:.2} at entries; BPF {} ns/run",
+                "",
+                (t - p) * 1e6 / last.hits as f64,
+                (st - p) * 1e6 / last.hits as f64,
+                (e - p) * 1e6 / last.hits as f64,
+                last.bpf_ns
+            );
+        }
     }
     println!(
-        "µs/hit: extra wall time of the traced run per probe hit (uprobe trap + BPF program).\n\
-         at entries: the same probes moved back to each function's first instruction, which the\n\
-         kernel must single-step when it is not a push/nop/relative branch."
+        "types only: --no-stacks. types+stacks: the default. at entries: the default with every probe\n\
+         moved back to its function's first instruction, which the kernel must single-step when it\n\
+         is not a push/nop/relative branch. stack walk: BPF time per walk / frames per walk.\n\
+         µs per probe hit: extra wall time of the traced run per hit (uprobe trap + BPF program)."
     );
     Ok(())
 }
@@ -74,9 +85,18 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs the workload once; with a tracer attached first when `leakscope` is given.
-/// Returns (loop seconds, probe hits, BPF ns per program run).
-fn run_workload(python: &str, workload: &Path, n: u32, leakscope: Option<(&Path, bool)>) -> Result<(f64, u64, u64)> {
+#[derive(Default)]
+struct Traced {
+    secs: f64,
+    hits: u64,
+    bpf_ns: u64,
+    walk_ns: u64,
+    walk_frames: f64,
+}
+
+/// Runs the workload once; with a tracer (and these extra flags) attached first when
+/// `leakscope` is given.
+fn run_workload(python: &str, workload: &Path, n: u32, leakscope: Option<(&Path, &[&str])>) -> Result<Traced> {
     let mut child = Command::new(python)
         .arg(workload)
         .arg(n.to_string())
@@ -88,10 +108,10 @@ fn run_workload(python: &str, workload: &Path, n: u32, leakscope: Option<(&Path,
     let mut line = String::new();
     out.read_line(&mut line)?;
     let mut tracer = None;
-    if let Some((bin, at_entries)) = leakscope {
+    if let Some((bin, flags)) = leakscope {
         let mut t = Command::new(bin)
             .args(["trace", "--pid", &child.id().to_string(), "--json", "--stats", "--interval", "3600"])
-            .args(at_entries.then_some("--entry-probes"))
+            .args(flags)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -113,16 +133,20 @@ fn run_workload(python: &str, workload: &Path, n: u32, leakscope: Option<(&Path,
     out.read_line(&mut line)?;
     let secs: f64 = line.trim().parse().with_context(|| format!("workload printed {line:?}"))?;
     child.wait()?;
-    let (mut hits, mut bpf) = (0, 0);
+    let mut r = Traced { secs, ..Default::default() };
     if let Some(t) = tracer {
         let output = t.wait_with_output()?;
         let text = String::from_utf8_lossy(&output.stdout);
         let last: serde_json::Value = serde_json::from_str(text.lines().last().context("no final report")?)?;
-        hits = last["probes"].as_array().map(|a| a.iter().map(|p| p["hits"].as_u64().unwrap_or(0)).sum()).unwrap_or(0);
+        r.hits = last["probes"].as_array().map(|a| a.iter().map(|p| p["hits"].as_u64().unwrap_or(0)).sum()).unwrap_or(0);
         let (runs, ns) = last["programs"].as_array().map(|a| {
             a.iter().fold((0u64, 0u64), |(r, n), p| (r + p["runs"].as_u64().unwrap_or(0), n + p["run_time_ns"].as_u64().unwrap_or(0)))
         }).unwrap_or((0, 0));
-        bpf = if runs > 0 { ns / runs } else { 0 };
+        r.bpf_ns = ns.checked_div(runs).unwrap_or(0);
+        let w = &last["walk"];
+        let walks = w["walks"].as_u64().unwrap_or(0);
+        r.walk_ns = w["ns"].as_u64().unwrap_or(0).checked_div(walks).unwrap_or(0);
+        r.walk_frames = if walks > 0 { w["frames"].as_u64().unwrap_or(0) as f64 / walks as f64 } else { 0.0 };
     }
-    Ok((secs, hits, bpf))
+    Ok(r)
 }

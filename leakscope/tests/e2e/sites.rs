@@ -143,3 +143,25 @@ fn pyenv_311_reused_code_object_addresses_keep_sites_right() {
     }
     assert!(checked >= 20, "only {checked} phases seen");
 }
+
+/// deep.py leaks from 100+ frames down: the site keeps the innermost 64 frames, is marked
+/// truncated, and `--stats` counts the truncated walks.
+#[test]
+fn pyenv_311_deep_stacks_are_truncated_marked_and_counted() {
+    if !privileged() {
+        return;
+    }
+    let target = crate::support::python(&pyenv("3.11.7"), "deep.py", &["500"]);
+    let last = trace(target.pid, 8, &["--stats"]).last();
+    let site = growing_sites(&last).into_iter().next().expect("a growing site");
+    assert_eq!(site["truncated"], true);
+    let frames = site["frames"].as_array().unwrap();
+    assert_eq!(frames.len(), leakscope_common_max_frames());
+    assert_eq!(frame(&site, 0), ("down".to_string(), "deep.py".to_string(), marker_line("deep.py", "LEAK-SITE")));
+    assert_eq!(frame(&site, 1), ("down".to_string(), "deep.py".to_string(), marker_line("deep.py", "RECURSES")));
+    assert!(last["walk"]["truncated"].as_u64().unwrap() > 0, "{}", last["walk"]);
+}
+
+fn leakscope_common_max_frames() -> usize {
+    64
+}
