@@ -3,7 +3,7 @@
 //! - `build-ebpf`: build the BPF object (nightly, `-Z build-std=core`, `bpfel-unknown-none`,
 //!   bpf-linker). The CLI's build script embeds whatever this wrote; there is no second path.
 //! - `build`: `build-ebpf`, then the release CLI.
-//! - `demo`: `build`, then trace the bundled leaking example for 10 s.
+//! - `demo`: `build`, then trace the bundled leaking example for 10 s (and write its SVG).
 //! - `test`: `build`, then every test (unit, and privileged end to end) one at a time.
 //! - `bench`: traced against untraced runs of a fixed workload, side by side (see bench.rs).
 mod bench;
@@ -96,20 +96,24 @@ fn build() -> Result<()> {
     run(cargo().args(["build", "--release", "-p", "leakscope"]))
 }
 
-/// Runs `tests/python/leak.py` (1000 leaked objects a second) and traces it for 10 s.
+/// Runs `tests/python/nested.py` (1000 objects a second leaked through a chain of calls)
+/// and traces it for 10 s, writing `target/demo.svg` and `target/demo.folded`.
 fn demo() -> Result<()> {
     let root = workspace_root();
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let pyenv = format!("{home}/.pyenv/versions/3.11.7/bin/python3.11");
     let python = if Path::new(&pyenv).exists() { pyenv } else { "python3".to_string() };
     let mut target = Command::new(&python)
-        .arg(root.join("tests/python/leak.py"))
+        .arg(root.join("tests/python/nested.py"))
         .arg("1000")
         .stdout(std::process::Stdio::null())
         .spawn()
         .with_context(|| format!("starting {python}"))?;
     std::thread::sleep(std::time::Duration::from_millis(500));
-    eprintln!("$ leakscope trace --pid {} --interval 2 --duration 10", target.id());
+    eprintln!(
+        "$ leakscope trace --pid {} --interval 2 --duration 10 --flamegraph target/demo.svg --folded target/demo.folded",
+        target.id()
+    );
     let result = run(Command::new(root.join("target/release/leakscope")).args([
         "trace",
         "--pid",
@@ -118,6 +122,10 @@ fn demo() -> Result<()> {
         "2",
         "--duration",
         "10",
+        "--flamegraph",
+        root.join("target/demo.svg").to_str().unwrap(),
+        "--folded",
+        root.join("target/demo.folded").to_str().unwrap(),
     ]));
     let _ = target.kill();
     let _ = target.wait();
