@@ -1,9 +1,11 @@
 //! `leakscope`: find what keeps growing in a running Python process, from outside it.
 mod aggregate;
+mod census;
 mod disasm;
 mod elf;
 mod interpreter;
 mod linetable;
+mod pause;
 mod plan;
 mod process;
 mod python;
@@ -55,6 +57,45 @@ set a new high in at least 3 of 4 intervals
 (at least 4 intervals), a net gain of at least 10 objects and at least 0.5% of its births.
 The final report (on Ctrl-C, --duration, or when the target exits) shows totals.")]
     Trace(TraceArgs),
+    /// Count live objects by type from the target's own GC lists: no probes, no cost to the
+    /// target between snapshots.
+    #[command(after_help = "\
+Examples:
+  sudo leakscope census --pid 1234                        one snapshot
+  sudo leakscope census --pid 1234 --interval 10          show_growth every 10 s until Ctrl-C
+  sudo leakscope census --pid 1234 --pause                exact: stops the target while reading
+
+The census walks every interpreter's GC generation lists (and the permanent generation) by
+reading the target's memory, validating each object, and lists gc.garbage. It sees only
+objects the cycle collector tracks: ints, floats, strings, bytes, dicts of atomic values and
+C types without GC support are not on those lists (`leakscope trace` sees them).
+Without --pause the target keeps running and the counts are as of a moving heap.
+With --pause the target is stopped (SIGSTOP) for the walk and always resumed (SIGCONT);
+the report says for how long.")]
+    Census(CensusArgs),
+}
+
+#[derive(clap::Args)]
+struct CensusArgs {
+    /// Process id of the running Python program.
+    #[arg(long, short)]
+    pid: u32,
+    /// Repeat every this many seconds, showing growth per type between snapshots.
+    #[arg(long, short, value_parser = positive_secs)]
+    interval: Option<f64>,
+    /// Stop after this many snapshots (default: 1, or until Ctrl-C with --interval).
+    #[arg(long, short)]
+    count: Option<u64>,
+    /// Write each snapshot as one JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// Rows per table.
+    #[arg(long, default_value_t = 20)]
+    top: usize,
+    /// Stop the target (SIGSTOP) while its lists are read, for an exact snapshot; it is
+    /// always resumed (SIGCONT) and the report says how long it was stopped.
+    #[arg(long)]
+    pause: bool,
 }
 
 #[derive(clap::Args)]
@@ -105,6 +146,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Trace(args) => trace(args),
+        Command::Census(args) => census(args),
     };
     if let Err(e) = result {
         // A closed stdout (`leakscope … | head`) is not an error.
@@ -116,16 +158,9 @@ fn main() {
     }
 }
 
-/// Capabilities in effect (CapEff of /proc/self/status).
+/// Capabilities `trace` needs, in effect.
 fn has_privileges() -> bool {
-    let caps = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-        })
-        .unwrap_or(0);
+    let caps = capabilities();
     let has = |bit: u32| caps & (1 << bit) != 0;
     const SYS_PTRACE: u32 = 19;
     const SYS_ADMIN: u32 = 21;
@@ -387,4 +422,103 @@ impl Session<'_> {
         }
         Ok(())
     }
+}
+
+fn census(args: CensusArgs) -> Result<()> {
+    let process = process::Process::open(args.pid)?;
+    let caps = capabilities();
+    if caps & (1 << 19) == 0 {
+        bail!("leakscope census needs root, or CAP_SYS_PTRACE (to read the target's memory)");
+    }
+    let interp = interpreter::Interpreter::find(&process)?;
+    let layout = gc_layout_for(&interp)?;
+    let symbol = |name: &str| interp.binary.symbol(name).map(|(a, _)| a + interp.bias);
+    let runtime = symbol("_PyRuntime").context("_PyRuntime not found")?;
+    let type_type = symbol("PyType_Type").context("PyType_Type not found")?;
+    let mut resolver = types::Resolver::new(process.memory(), interp.version, interp.ranges.clone(), true);
+    let mut series = census::Series::default();
+    let started = Instant::now();
+    let count = args.count.unwrap_or(if args.interval.is_some() { u64::MAX } else { 1 });
+    let mut snapshot = 0;
+    // Ctrl-C between snapshots ends the series (during a --pause it is held back, see pause.rs).
+    static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    extern "C" fn on_signal(_: libc::c_int) {
+        STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    while snapshot < count && !STOP.load(std::sync::atomic::Ordering::SeqCst) {
+        if snapshot > 0 {
+            let until = Instant::now() + Duration::from_secs_f64(args.interval.unwrap_or(0.0));
+            while Instant::now() < until && !STOP.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if STOP.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+        }
+        if !process.alive() {
+            if snapshot == 0 {
+                bail!("process {} exited", process.pid);
+            }
+            eprintln!("leakscope: process {} exited", process.pid);
+            break;
+        }
+        let walk_started = Instant::now();
+        let paused = if args.pause { Some(pause::Paused::stop(process.pid)?) } else { None };
+        let result = census::Walker::new(process.memory(), layout, runtime, type_type, &mut resolver).run();
+        let walk_ms = walk_started.elapsed().as_secs_f64() * 1e3;
+        let paused_ms = paused.map(|p| p.resume().as_secs_f64() * 1e3);
+        snapshot += 1;
+        let mut name = |t: u64| resolver.get(t).map(|i| i.name.clone()).unwrap_or_else(|| format!("<type {t:#x}>"));
+        let report = census::CensusReport {
+            kind: "census",
+            pid: process.pid,
+            snapshot,
+            elapsed_s: started.elapsed().as_secs_f64(),
+            types: series.add(&result.types, &mut name),
+            garbage: census::plain_rows(&result.garbage, &mut name),
+            walk: result.stats,
+            walk_ms,
+            paused_ms,
+            not_seen: census::BLIND_SPOT,
+        };
+        let text = if args.json {
+            serde_json::to_string(&report)? + "\n"
+        } else {
+            census::text(&report, args.top) + "\n"
+        };
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes()).context("writing the report")?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// GC list offsets: 3.13+ from the interpreter's own `_Py_DebugOffsets` (cross-checked with
+/// the table), earlier versions from the table.
+fn gc_layout_for(interp: &interpreter::Interpreter) -> Result<python::GcLayout> {
+    let table = python::gc_layout(interp.version);
+    if interp.version.minor >= 13 {
+        let section = interp.binary.section(".PyRuntime").context("no .PyRuntime section")?;
+        let debug = python::debug_offsets_313(section).context("no _Py_DebugOffsets in .PyRuntime")?;
+        if debug.free_threaded {
+            bail!("Python {} is a free-threaded build: it keeps no GC generation lists, so a census is not possible (leakscope does not walk its mimalloc heaps)", interp.version);
+        }
+        if debug.gc_collecting != 200 || table != Some(debug.gc) {
+            bail!("Python {}: _Py_DebugOffsets {debug:?} disagree with leakscope's layout; not reading", interp.version);
+        }
+        return Ok(debug.gc);
+    }
+    table.with_context(|| format!("no GC layout for Python {}", interp.version))
+}
+
+/// CapEff of /proc/self/status.
+fn capabilities() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|h| u64::from_str_radix(h.trim(), 16).ok()))
+        .unwrap_or(0)
 }

@@ -55,9 +55,23 @@ pub fn preheader_size(v: Version, flags: u64) -> u64 {
 /// Size of one object: `tp_basicsize + |ob_size| * tp_itemsize`, rounded to 8 like
 /// `_PyObject_VAR_SIZE`, plus the pre-header. Shallow: buffers an object owns (a list's
 /// item array, a dict's table, a str's characters) are not included.
+/// A word that is not a plausible item count (3.11+ generators keep `gi_code` where
+/// `ob_size` would be, though their type has an item size) counts as no items.
 pub fn object_bytes(basicsize: u64, itemsize: u64, ob_size: i64, preheader: u64) -> u64 {
-    let items = if itemsize == 0 { 0 } else { ob_size.unsigned_abs().min(1 << 40) * itemsize };
+    let n = ob_size.unsigned_abs();
+    let items = if itemsize == 0 || n > 1 << 31 { 0 } else { n * itemsize };
     ((basicsize + items + 7) & !7) + preheader
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn object_sizes() {
+        assert_eq!(super::object_bytes(16, 0, 0, 0), 16); // object()
+        assert_eq!(super::object_bytes(24, 8, 3, 16), 24 + 24 + 16); // a 3-tuple, GC header
+        assert_eq!(super::object_bytes(24, 4, -2, 0), 32); // negative int, rounded to 8
+        assert_eq!(super::object_bytes(80, 8, 0x7f00_dead_beef, 16), 96); // a pointer, not a size
+    }
 }
 
 /// Dict layout, just enough to find `__module__` in a heap type's `tp_dict`.
@@ -234,3 +248,63 @@ pub fn stack_layout(v: Version) -> Option<StackLayout> {
 /// `PyBytesObject`: `ob_size` at +16, data at +32.
 pub const BYTES_SIZE: u64 = 16;
 pub const BYTES_DATA: u64 = 32;
+
+/// Where the GC keeps its lists, per version. Inside `struct _gc_runtime_state` the layout is
+/// the same in 3.9–3.13 (DWARF of the pyenv builds): `generations[3]` (24 bytes each: list
+/// head 16, threshold, count) at +24, `permanent_generation` at +104, `garbage` at +208.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GcLayout {
+    /// `_PyRuntime.interpreters.head`.
+    pub interpreters_head: u64,
+    /// `PyInterpreterState.next` and `.gc`.
+    pub interp_next: u64,
+    pub interp_gc: u64,
+}
+
+pub const GC_GENERATIONS: u64 = 24;
+pub const GC_GENERATION_SIZE: u64 = 24;
+pub const GC_PERMANENT: u64 = 104;
+pub const GC_GARBAGE: u64 = 208;
+/// `PyListObject`: `ob_size` +16, `ob_item` +24.
+pub const LIST_SIZE: u64 = 16;
+pub const LIST_ITEMS: u64 = 24;
+/// `Py_TPFLAGS_TYPE_SUBCLASS`: set on `type` and every metatype.
+pub const TPFLAGS_TYPE_SUBCLASS: u64 = 1 << 31;
+
+pub fn gc_layout(v: Version) -> Option<GcLayout> {
+    Some(match v.minor {
+        9 | 10 => GcLayout { interpreters_head: 32, interp_next: 0, interp_gc: 616 },
+        11 => GcLayout { interpreters_head: 40, interp_next: 0, interp_gc: 648 },
+        12 => GcLayout { interpreters_head: 40, interp_next: 0, interp_gc: 112 },
+        13 => GcLayout { interpreters_head: 632, interp_next: 7264, interp_gc: 7400 },
+        _ => return None,
+    })
+}
+
+/// The parts of 3.13's `_Py_DebugOffsets` (the first member of `_PyRuntime`, statically
+/// initialized, so readable from the file's `.PyRuntime` section) that leakscope uses.
+/// Layout: 3.13.0 `Include/internal/pycore_runtime.h`; every field is a u64.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DebugOffsets {
+    pub version: u64,
+    pub free_threaded: bool,
+    pub gc: GcLayout,
+    pub gc_collecting: u64,
+}
+
+pub fn debug_offsets_313(runtime_section: &[u8]) -> Option<DebugOffsets> {
+    let word = |i: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(runtime_section.get(i * 8..i * 8 + 8)?.try_into().ok()?))
+    };
+    if runtime_section.get(..8)? != b"xdebugpy" {
+        return None;
+    }
+    // cookie 0, version 1, free_threaded 2; runtime_state 3..=5; interpreter_state 6..=18
+    // (size, id, next 8, threads_head, gc 10, …); … ; gc group 71 (size), 72 (collecting).
+    Some(DebugOffsets {
+        version: word(1)?,
+        free_threaded: word(2)? != 0,
+        gc: GcLayout { interpreters_head: word(5)?, interp_next: word(8)?, interp_gc: word(10)? },
+        gc_collecting: word(72)?,
+    })
+}

@@ -40,10 +40,12 @@ pub fn debian_python() -> PathBuf {
     p
 }
 
-/// A running target process; killed when dropped.
+/// A running target process; killed when dropped. `lines` receives what it prints after
+/// `ready`.
 pub struct Target {
     pub child: Child,
     pub pid: u32,
+    pub lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Drop for Target {
@@ -60,7 +62,8 @@ pub fn start(mut cmd: Command) -> Target {
     let mut child = cmd.spawn().expect("starting the target");
     let pid = child.id();
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut target = Target { child, pid };
+    let (tx, lines) = std::sync::mpsc::channel();
+    let mut target = Target { child, pid, lines };
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut line = String::new();
     loop {
@@ -74,9 +77,9 @@ pub fn start(mut cmd: Command) -> Target {
         }
     }
     std::thread::spawn(move || {
-        let mut sink = String::new();
-        while out.read_line(&mut sink).unwrap_or(0) > 0 {
-            sink.clear();
+        let mut line = String::new();
+        while out.read_line(&mut line).unwrap_or(0) > 0 {
+            let _ = tx.send(std::mem::take(&mut line));
         }
     });
     target
