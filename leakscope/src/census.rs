@@ -16,6 +16,8 @@ use hashbrown::{HashMap, HashSet};
 pub const MAX_OBJECTS: u64 = 50_000_000;
 const MAX_INTERPRETERS: usize = 64;
 const MAX_RESTARTS: usize = 100;
+/// `PyDictObject` with its GC head (48 + 16); its key table and values are not included.
+const DICT_OBJECT_BYTES: u64 = 64;
 
 fn word(buf: &[u8], i: usize) -> u64 {
     u64::from_le_bytes(buf[i * 8..i * 8 + 8].try_into().unwrap())
@@ -55,11 +57,54 @@ pub struct Walker<'a> {
     pub type_type: u64,
     pub resolver: &'a mut Resolver,
     valid_types: HashMap<u64, bool>,
+    version: python::Version,
+    /// Values bytes per heap type (from its shared keys), read once per census.
+    values: HashMap<u64, u64>,
 }
 
 impl<'a> Walker<'a> {
-    pub fn new(mem: Memory, layout: GcLayout, runtime: u64, type_type: u64, resolver: &'a mut Resolver) -> Self {
-        Walker { mem, layout, runtime, type_type, resolver, valid_types: HashMap::new() }
+    pub fn new(mem: Memory, layout: GcLayout, version: python::Version, runtime: u64, type_type: u64, resolver: &'a mut Resolver) -> Self {
+        Walker { mem, layout, runtime, type_type, resolver, valid_types: HashMap::new(), version, values: HashMap::new() }
+    }
+
+    /// Bytes of an instance's values array (3.11/3.12) or inline values (3.13) for type `t`.
+    fn values_bytes(&mut self, t: u64) -> u64 {
+        if let Some(&b) = self.values.get(&t) {
+            return b;
+        }
+        let b = python::ht_cached_keys(self.version)
+            .and_then(|off| {
+                let keys = self.mem.u64(t + off).ok().filter(|&k| k != 0)?;
+                let usable = self.mem.u64(keys + python::DK_USABLE).ok()?;
+                let nentries = self.mem.u64(keys + python::DK_NENTRIES).ok()?;
+                let size = usable.checked_add(nentries).filter(|&n| n < 1 << 16)?;
+                Some(python::values_bytes(self.version, size))
+            })
+            .unwrap_or(0);
+        self.values.insert(t, b);
+        b
+    }
+
+    /// The object's size, plus what the version keeps beside it: values not yet turned into
+    /// a dict (3.11/3.12: their own block; 3.13: inline after the object), and a materialized
+    /// instance dict the collector does not track (a tracked one is counted as a `dict`).
+    fn bytes(&mut self, ob_type: u64, ob_size: i64, m32: u64, m24: u64) -> u64 {
+        let t = self.resolver.get(ob_type).expect("validated").clone();
+        let mut bytes = python::object_bytes(t.basicsize, t.itemsize, ob_size, t.preheader);
+        if t.flags & python::TPFLAGS_INLINE_VALUES != 0 {
+            bytes += self.values_bytes(ob_type);
+        }
+        match python::beside(self.version, t.flags, m32, m24) {
+            python::Beside::Values => bytes += self.values_bytes(ob_type),
+            python::Beside::Dict(d) => {
+                // _gc_next == 0: not tracked, so not on any list: count it with its owner.
+                if self.mem.u64(d - 16).is_ok_and(|next| next == 0) {
+                    bytes += DICT_OBJECT_BYTES;
+                }
+            }
+            python::Beside::Nothing => {}
+        }
+        bytes
     }
 
     /// Is `t` a type object? Its own type must be `type` or a metatype (a type whose flags
@@ -115,7 +160,10 @@ impl<'a> Walker<'a> {
     /// collection promoting a generation): the rest is counted when that list is walked.
     fn walk_list(&mut self, head: u64, heads: &[u64], census: &mut Census, seen: &mut HashSet<u64>) {
         census.stats.lists += 1;
-        let mut buf = [0u8; 40];
+        // From op-32 (the managed-dict pre-header, 3.11+): [op-32, op-24, _gc_next, _gc_prev,
+        // ob_refcnt, ob_type, ob_size]; the 16 bytes before the GC head are always mapped
+        // (pool header or the previous block), but if not, the head alone is read.
+        let mut buf = [0u8; 56];
         let mut restarts = 0;
         'restart: loop {
             let mut pass = HashSet::new();
@@ -138,8 +186,11 @@ impl<'a> Walker<'a> {
                     census.stats.lists_cut += 1;
                     return;
                 }
-                // PyGC_Head {_gc_next, _gc_prev}, then PyObject {ob_refcnt, ob_type}, ob_size.
-                let consistent = self.mem.read(g, &mut buf).is_ok() && word(&buf, 1) & !3 == prev;
+                let read = self.mem.read(g - 16, &mut buf).is_ok() || {
+                    buf[..16].fill(0);
+                    self.mem.read(g, &mut buf[16..]).is_ok()
+                };
+                let consistent = read && word(&buf, 3) & !3 == prev;
                 if !consistent {
                     if let Some(next) = self.resync(prev, g) {
                         g = next;
@@ -155,10 +206,9 @@ impl<'a> Walker<'a> {
                 }
                 if seen.insert(g) {
                     census.stats.objects += 1;
-                    let (ob_type, ob_size) = (word(&buf, 3), word(&buf, 4) as i64);
+                    let (ob_type, ob_size) = (word(&buf, 5), word(&buf, 6) as i64);
                     if self.valid_type(ob_type) {
-                        let t = self.resolver.get(ob_type).expect("validated");
-                        let bytes = python::object_bytes(t.basicsize, t.itemsize, ob_size, t.preheader);
+                        let bytes = self.bytes(ob_type, ob_size, word(&buf, 0), word(&buf, 1));
                         let e = census.types.entry(ob_type).or_default();
                         e.0 += 1;
                         e.1 += bytes;
@@ -167,7 +217,7 @@ impl<'a> Walker<'a> {
                     }
                 }
                 prev = g;
-                g = word(&buf, 0) & !3;
+                g = word(&buf, 2) & !3;
             }
             return;
         }
@@ -188,7 +238,8 @@ impl<'a> Walker<'a> {
         if list == 0 {
             return;
         }
-        let (Ok(n), Ok(items)) = (self.mem.u64(list + python::LIST_SIZE), self.mem.u64(list + python::LIST_ITEMS)) else {
+        let (Ok(n), Ok(items)) = (self.mem.u64(list + python::LIST_SIZE), self.mem.u64(list + python::LIST_ITEMS))
+        else {
             return;
         };
         for i in 0..n.min(1 << 24) {
@@ -204,10 +255,12 @@ impl<'a> Walker<'a> {
                 census.stats.skipped_invalid += 1;
                 continue;
             }
-            let t = self.resolver.get(ob_type).expect("validated");
+            let mut pre = [0u8; 16];
+            let _ = self.mem.read(obj - 32, &mut pre);
+            let bytes = self.bytes(ob_type, ob_size, word(&pre, 0), word(&pre, 1));
             let e = census.garbage.entry(ob_type).or_default();
             e.0 += 1;
-            e.1 += python::object_bytes(t.basicsize, t.itemsize, ob_size, t.preheader);
+            e.1 += bytes;
         }
     }
 }

@@ -468,7 +468,7 @@ fn census(args: CensusArgs) -> Result<()> {
         }
         let walk_started = Instant::now();
         let paused = if args.pause { Some(pause::Paused::stop(process.pid)?) } else { None };
-        let result = census::Walker::new(process.memory(), layout, runtime, type_type, &mut resolver).run();
+        let result = census::Walker::new(process.memory(), layout, interp.version, runtime, type_type, &mut resolver).run();
         let walk_ms = walk_started.elapsed().as_secs_f64() * 1e3;
         let paused_ms = paused.map(|p| p.resume().as_secs_f64() * 1e3);
         snapshot += 1;

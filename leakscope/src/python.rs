@@ -34,6 +34,7 @@ pub const TP_FLAGS: u64 = 168;
 pub const TP_DICT: u64 = 264;
 
 // tp_flags bits (Include/object.h).
+pub const TPFLAGS_INLINE_VALUES: u64 = 1 << 2; // 3.13+
 pub const TPFLAGS_MANAGED_WEAKREF: u64 = 1 << 3; // 3.12+
 pub const TPFLAGS_MANAGED_DICT: u64 = 1 << 4; // 3.11+
 pub const TPFLAGS_HEAPTYPE: u64 = 1 << 9;
@@ -65,6 +66,24 @@ pub fn object_bytes(basicsize: u64, itemsize: u64, ob_size: i64, preheader: u64)
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    const V: fn(u32) -> Version = |minor| Version { major: 3, minor, patch: 0 };
+
+    #[test]
+    fn values_beside_objects() {
+        // 3.11: 30 slots → prefix round8(32) + 240; 3.13 inline: round8(30) + 31*8
+        assert_eq!(values_bytes(V(11), 30), 32 + 240);
+        assert_eq!(values_bytes(V(13), 30), 32 + 248);
+        assert_eq!(values_bytes(V(10), 30), 0);
+        let md = TPFLAGS_MANAGED_DICT;
+        assert_eq!(beside(V(11), md, 0x1000, 0), Beside::Values);
+        assert_eq!(beside(V(11), md, 0, 0x2000), Beside::Dict(0x2000));
+        assert_eq!(beside(V(12), md, 0, 0x1001), Beside::Values);
+        assert_eq!(beside(V(12), md, 0, 0x2000), Beside::Dict(0x2000));
+        assert_eq!(beside(V(13), md, 0, 0), Beside::Nothing);
+        assert_eq!(beside(V(11), 0, 0x1000, 0x2000), Beside::Nothing);
+    }
+
     #[test]
     fn object_sizes() {
         assert_eq!(super::object_bytes(16, 0, 0, 0), 16); // object()
@@ -307,4 +326,53 @@ pub fn debug_offsets_313(runtime_section: &[u8]) -> Option<DebugOffsets> {
         gc: GcLayout { interpreters_head: word(5)?, interp_next: word(8)?, interp_gc: word(10)? },
         gc_collecting: word(72)?,
     })
+}
+
+/// `PyHeapTypeObject.ht_cached_keys` (DWARF: 3.11 0x368, 3.12/3.13 0x370): the shared keys
+/// instances of a class use, whose `dk_usable + dk_nentries` is the size of their values.
+pub fn ht_cached_keys(v: Version) -> Option<u64> {
+    match v.minor {
+        11 => Some(0x368),
+        12 | 13 => Some(0x370),
+        _ => None,
+    }
+}
+pub const DK_USABLE: u64 = 16;
+pub const DK_NENTRIES: u64 = 24;
+
+/// Bytes of an instance's attribute values kept beside it, for `size` shared-key slots:
+/// 3.11/3.12 `new_values` (a separate block: an order prefix rounded up, then the values);
+/// 3.13 `_PyInlineValuesSize` (inside the object's own block, after `tp_basicsize`).
+pub fn values_bytes(v: Version, size: u64) -> u64 {
+    let round8 = |n: u64| (n + 7) & !7;
+    match v.minor {
+        11 | 12 => round8(size + 2) + 8 * size,
+        13 => round8(size) + 8 * (size + 1),
+        _ => 0,
+    }
+}
+
+/// What sits in the two pre-header words in front of a managed-dict object's `PyGC_Head`
+/// (`op-32`, `op-24`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Beside {
+    Nothing,
+    /// A values array, not yet turned into a dict (3.11, 3.12).
+    Values,
+    /// A materialized `__dict__`.
+    Dict(u64),
+}
+
+pub fn beside(v: Version, flags: u64, word_m32: u64, word_m24: u64) -> Beside {
+    if flags & TPFLAGS_MANAGED_DICT == 0 {
+        return Beside::Nothing;
+    }
+    match v.minor {
+        // 3.11: values pointer at -32, dict at -24.
+        11 if word_m32 != 0 => Beside::Values,
+        // 3.12: one tagged word at -24: values | 1, or the dict.
+        12 if word_m24 & 1 == 1 => Beside::Values,
+        11..=13 if word_m24 != 0 => Beside::Dict(word_m24),
+        _ => Beside::Nothing,
+    }
 }

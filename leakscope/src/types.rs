@@ -11,6 +11,7 @@ pub struct TypeInfo {
     pub basicsize: u64,
     pub itemsize: u64,
     pub preheader: u64,
+    pub flags: u64,
     pub heap: bool,
     /// Whether births of this type are counted (see `Resolver::new`'s `all_types`).
     pub tracked: bool,
@@ -83,6 +84,7 @@ impl Resolver {
             basicsize,
             itemsize,
             preheader: python::preheader_size(self.version, flags),
+            flags,
             heap,
             tracked: self.all_types || heap || !in_interpreter,
             tp_name,
