@@ -75,6 +75,7 @@ impl Counters {
             interval_deaths: self.interval_deaths,
             rate_per_s: slope(times, &self.lives),
             growing: keeps_growing(&self.floors, self.births),
+            census: false,
         };
         self.interval_births = 0;
         self.interval_deaths = 0;
@@ -121,6 +122,10 @@ pub struct TypeRow {
     /// Least-squares slope of the live count over all snapshots, objects per second.
     pub rate_per_s: f64,
     pub growing: bool,
+    /// A row from the census (all live objects of a type the probes cannot see on this
+    /// build), not from births and deaths: `births`/`deaths` are unknown (0).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub census: bool,
 }
 
 /// A type "keeps growing" when its *floor* (the lowest live count within an interval) keeps
@@ -211,6 +216,56 @@ impl Aggregator {
         sites.sort_by(order);
         (types, sites)
     }
+}
+
+/// Rows for types only the census sees, from their counts at each census (`trace` on
+/// partial builds). Counts are of all live objects; growth uses the same rule.
+#[derive(Default)]
+pub struct CensusTrend {
+    times: Vec<f64>,
+    history: HashMap<u64, (Vec<u64>, u64)>,
+}
+
+impl CensusTrend {
+    pub fn add(&mut self, elapsed: f64, counts: &HashMap<u64, (u64, u64)>, name_of: &mut dyn FnMut(u64) -> String) -> Vec<TypeRow> {
+        let n = self.times.len();
+        self.times.push(elapsed);
+        for &t in counts.keys() {
+            self.history.entry(t).or_insert_with(|| (vec![0; n], 0));
+        }
+        let mut rows = vec![];
+        for (&t, (h, bytes)) in self.history.iter_mut() {
+            let (objects, b) = counts.get(&t).copied().unwrap_or((0, 0));
+            h.push(objects);
+            *bytes = b;
+            // The first census is the baseline: growth is judged from there on; types whose
+            // count never moved are static (functions, descriptors…) and left out.
+            let since_first = &h[n.min(h.iter().position(|&x| x > 0).unwrap_or(n))..];
+            if since_first.iter().all(|&x| x == since_first[0]) {
+                continue;
+            }
+            rows.push(TypeRow {
+                type_ptr: t,
+                site: 0,
+                name: name_of(t),
+                live: objects,
+                live_bytes: b,
+                births: 0,
+                deaths: 0,
+                interval_births: 0,
+                interval_deaths: 0,
+                rate_per_s: slope(&self.times[self.times.len() - since_first.len()..], since_first),
+                growing: keeps_growing(since_first, 0),
+                census: true,
+            });
+        }
+        rows
+    }
+}
+
+/// Sorts a merged table (probe rows and census rows) the same way as `snapshot`.
+pub fn sort_rows(rows: &mut [TypeRow]) {
+    rows.sort_by(order);
 }
 
 fn order(a: &TypeRow, b: &TypeRow) -> std::cmp::Ordering {
@@ -423,6 +478,19 @@ mod tests {
         assert_eq!((sites[0].site, sites[0].live, sites[0].growing), (1, 500, true));
         assert_eq!((sites[1].site, sites[1].live, sites[1].births, sites[1].growing), (2, 0, 500, false));
         assert!((sites[0].rate_per_s - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn test_census_trend_keeps_moving_types_only() {
+        let mut trend = CensusTrend::default();
+        let mut rows = vec![];
+        for i in 0..6u64 {
+            let counts = HashMap::from_iter([(LEAK, (100 + 50 * i, 0)), (TMP, (40, 0))]);
+            rows = trend.add(i as f64, &counts, &mut names);
+        }
+        assert_eq!(rows.len(), 1, "the static type is left out");
+        assert_eq!((rows[0].name.as_str(), rows[0].live, rows[0].growing, rows[0].census), ("Leak", 350, true, true));
+        assert!((rows[0].rate_per_s - 50.0).abs() < 1e-9);
     }
 
     #[test]

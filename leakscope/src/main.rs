@@ -122,6 +122,10 @@ struct TraceArgs {
     /// Do not walk Python stacks (types only; cheaper per event).
     #[arg(long)]
     no_stacks: bool,
+    /// On builds whose probes cannot see builtins (static/LTO interpreters), do not add
+    /// census rows for them (each report otherwise walks the GC lists once; see `census`).
+    #[arg(long)]
+    no_census: bool,
     /// At the end, write a flamegraph SVG of the surviving allocations of the growing sites
     /// (width = live bytes; the leaf frame is the type, with its live count).
     #[arg(long, value_name = "FILE.svg")]
@@ -210,7 +214,12 @@ fn trace(args: TraceArgs) -> Result<()> {
         agg: aggregate::Aggregator::new(),
         events: Vec::with_capacity(1 << 16),
     };
-    let mut session = Session { args: &args, plan: &plan, pid: process.pid, started };
+    let census = if plan.coverage == plan::Coverage::Partial && !args.no_census {
+        census_source(&process, &interp).ok()
+    } else {
+        None
+    };
+    let mut session = Session { args: &args, plan: &plan, pid: process.pid, started, census };
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -294,15 +303,51 @@ struct Session<'a> {
     plan: &'a plan::Plan,
     pid: u32,
     started: Instant,
+    /// Partial builds: the census that adds rows for what the probes cannot see.
+    census: Option<CensusSource>,
+}
+
+/// What `trace` needs to take a census at each report.
+struct CensusSource {
+    mem: process::Memory,
+    layout: python::GcLayout,
+    version: python::Version,
+    runtime: u64,
+    type_type: u64,
+    trend: aggregate::CensusTrend,
+}
+
+fn census_source(process: &process::Process, interp: &interpreter::Interpreter) -> Result<CensusSource> {
+    let symbol = |name: &str| interp.binary.symbol(name).map(|(a, _)| a + interp.bias);
+    Ok(CensusSource {
+        mem: process.memory(),
+        layout: gc_layout_for(interp)?,
+        version: interp.version,
+        runtime: symbol("_PyRuntime").context("_PyRuntime")?,
+        type_type: symbol("PyType_Type").context("PyType_Type")?,
+        trend: aggregate::CensusTrend::default(),
+    })
 }
 
 impl Session<'_> {
     fn emit(&mut self, tracer: &tracer::Tracer, state: &mut State, reason: Option<&str>) -> Result<()> {
         let elapsed = self.started.elapsed().as_secs_f64();
         let State { resolver, symbolizer, agg, .. } = state;
-        let (types, site_rows) = agg.snapshot(elapsed, &mut |t| {
+        let (mut types, site_rows) = agg.snapshot(elapsed, &mut |t| {
             resolver.get(t).map(|i| i.name.clone()).unwrap_or_else(|| format!("<type {t:#x}>"))
         });
+        let mut census_ms = None;
+        if let Some(c) = &mut self.census {
+            let walk_started = Instant::now();
+            let result =
+                census::Walker::new(c.mem, c.layout, c.version, c.runtime, c.type_type, resolver).run();
+            census_ms = Some(walk_started.elapsed().as_secs_f64() * 1e3);
+            let unseen: census::Counts =
+                result.types.into_iter().filter(|(t, _)| resolver.get(*t).is_some_and(|i| !i.tracked)).collect();
+            let mut name = |t: u64| resolver.get(t).map(|i| i.name.clone()).unwrap_or_default();
+            types.extend(c.trend.add(elapsed, &unseen, &mut name));
+            aggregate::sort_rows(&mut types);
+        }
         resolver.revalidate();
         let empty = stacks::Sites::default();
         let sites = symbolizer.as_ref().map_or(&empty, |s| &s.sites);
@@ -368,6 +413,7 @@ impl Session<'_> {
             elapsed_s: elapsed,
             interval_s: self.args.interval,
             types,
+            census_ms,
             sites: site_reports,
             live_objects: agg.live_objects() as u64,
             ignored_births: agg.ignored_births,

@@ -75,6 +75,9 @@ pub struct Report {
     pub elapsed_s: f64,
     pub interval_s: f64,
     pub types: Vec<TypeRow>,
+    /// Time of the census that added `census` rows (partial builds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub census_ms: Option<f64>,
     /// Allocation sites, growing ones first (at most `--top`).
     pub sites: Vec<SiteReport>,
     pub live_objects: u64,
@@ -151,6 +154,7 @@ pub fn text(report: &Report, top: usize) -> String {
         .collect();
     for r in shown.iter().take(top) {
         let (b, d) = if finished { (r.births, r.deaths) } else { (r.interval_births, r.interval_deaths) };
+        let (b, d) = if r.census { ("census".to_string(), "·".to_string()) } else { (thousands(b), thousands(d)) };
         let mut name = r.name.clone();
         if name.chars().count() > 40 {
             name = format!("…{}", &name[name.len() - 39..]);
@@ -162,9 +166,15 @@ pub fn text(report: &Report, top: usize) -> String {
             name,
             thousands(r.live),
             human_bytes(r.live_bytes),
-            thousands(b),
-            thousands(d),
+            b,
+            d,
             r.rate_per_s
+        );
+    }
+    if shown.iter().any(|r| r.census) {
+        let _ = writeln!(
+            s,
+            "  (census rows: every live object of a builtin type these probes cannot see, counted on the GC lists)"
         );
     }
     if shown.len() > top {
@@ -307,6 +317,7 @@ mod tests {
             interval_deaths: 0,
             rate_per_s: live as f64 / 10.0,
             growing,
+            census: false,
         }
     }
 
@@ -318,6 +329,7 @@ mod tests {
             elapsed_s: 10.0,
             interval_s: 2.0,
             types: vec![row("__main__.Leak", 20000, true), row("dict", 12, false), row("gone", 0, false)],
+            census_ms: None,
             sites: vec![SiteReport {
                 type_name: "__main__.Leak".into(),
                 live: 20000,
