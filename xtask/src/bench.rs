@@ -71,6 +71,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             );
         }
     }
+    census(root, &interps[0].python, quick)?;
     println!(
         "types only: --no-stacks. types+stacks: the default. at entries: the default with every probe\n\
          moved back to its function's first instruction, which the kernel must single-step when it\n\
@@ -149,4 +150,88 @@ fn run_workload(python: &str, workload: &Path, n: u32, leakscope: Option<(&Path,
         r.walk_frames = if walks > 0 { w["frames"].as_u64().unwrap_or(0) as f64 / walks as f64 } else { 0.0 };
     }
     Ok(r)
+}
+
+/// The census: how long a walk of 100k and 1M tracked objects takes (running, and with
+/// --pause: how long the target is stopped), and how much a census running back to back
+/// slows the target, beside an untouched run of the same loop.
+fn census(root: &Path, python: &str, quick: bool) -> Result<()> {
+    let script = root.join("tests/python/census_bench.py");
+    let leakscope = root.join("target/release/leakscope");
+    let sizes: &[u32] = if quick { &[100_000] } else { &[100_000, 1_000_000] };
+    println!();
+    println!("census ({python}): a target holding N tracked objects runs a fixed loop; medians of 3");
+    println!(
+        "{:>10} | {:>12} {:>14} | {:>10} {:>16} {:>9}",
+        "objects", "census", "paused census", "untouched", "during censuses", "slowdown"
+    );
+    for &n in sizes {
+        let (mut walk, mut paused, mut plain, mut busy) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..3 {
+            // untouched
+            let (mut child, mut out) = start(python, &script, n)?;
+            child.stdin.take().unwrap().write_all(b"go\n")?;
+            plain.push(read_secs(&mut out)?);
+            child.wait()?;
+            // one running and one paused census of the idle target, then censuses back to
+            // back while the loop runs
+            let (mut child, mut out) = start(python, &script, n)?;
+            let pid = child.id().to_string();
+            walk.push(census_ms(&leakscope, &pid, false)?.0);
+            paused.push(census_ms(&leakscope, &pid, true)?.1);
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let looper = {
+                let (stop, leakscope, pid) = (stop.clone(), leakscope.clone(), pid.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let _ = census_ms(&leakscope, &pid, false);
+                    }
+                })
+            };
+            std::thread::sleep(Duration::from_millis(200));
+            child.stdin.take().unwrap().write_all(b"go\n")?;
+            busy.push(read_secs(&mut out)?);
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = looper.join();
+            child.wait()?;
+        }
+        let (w, pz, p, b) = (median(&mut walk), median(&mut paused), median(&mut plain), median(&mut busy));
+        println!(
+            "{:>10} | {:>9.0} ms {:>11.0} ms | {:>9.3}s {:>15.3}s {:>8.2}x",
+            n, w, pz, p, b, b / p
+        );
+    }
+    println!("census: one walk of the running target; paused census: how long --pause stopped it;");
+    println!("during censuses: the loop's time while censuses ran back to back on the other core.");
+    Ok(())
+}
+
+fn start(python: &str, script: &Path, n: u32) -> Result<(std::process::Child, BufReader<std::process::ChildStdout>)> {
+    let mut child = Command::new(python)
+        .arg(script)
+        .arg(n.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    Ok((child, out))
+}
+
+fn read_secs(out: &mut BufReader<std::process::ChildStdout>) -> Result<f64> {
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    line.trim().parse().with_context(|| format!("workload printed {line:?}"))
+}
+
+/// (walk ms, paused ms) of one census.
+fn census_ms(leakscope: &Path, pid: &str, pause: bool) -> Result<(f64, f64)> {
+    let out = Command::new(leakscope)
+        .args(["census", "--pid", pid, "--json"])
+        .args(pause.then_some("--pause"))
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(text.lines().next().context("no census")?)?;
+    Ok((v["walk_ms"].as_f64().unwrap_or(0.0), v["paused_ms"].as_f64().unwrap_or(0.0)))
 }
