@@ -73,7 +73,14 @@ fn probe_id<C: EbpfContext>(ctx: &C) -> u32 {
 fn emit(kind: u32, probe: u32, addr: u64, type_ptr: u64, ob_size: i64, stack_id: u64) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
-            entry.write(Event { kind, probe, addr, type_ptr, ob_size, stack_id });
+            entry.write(Event {
+                kind,
+                probe,
+                addr,
+                type_ptr,
+                ob_size,
+                stack_id,
+            });
             // User space polls; waking it per event would cost more than the event.
             entry.submit(BPF_RB_NO_WAKEUP as u64);
         }
@@ -143,19 +150,27 @@ fn capture_stack() -> u64 {
     if cfg.mode == 0 {
         return 0;
     }
-    let started = if cfg.timing != 0 { unsafe { bpf_ktime_get_ns() } } else { 0 };
+    let started = if cfg.timing != 0 {
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    };
     let Some(tstate) = current_tstate(cfg) else {
         bump(&DROPS, DROP_NO_TSTATE);
         return 0;
     };
-    let Some(mut frame) = read_u64(tstate + cfg.frame_off1) else { return 0 };
+    let Some(mut frame) = read_u64(tstate + cfg.frame_off1) else {
+        return 0;
+    };
     if cfg.frame_off2 != NO_OFFSET && frame != 0 {
         match read_u64(frame + cfg.frame_off2) {
             Some(f) => frame = f,
             None => return 0,
         }
     }
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return 0 };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
     let scratch = unsafe { &mut *scratch };
     let read = cfg.frame_read;
     if read == 0 || read > (8 * FRAME_WINDOW_WORDS) as u64 {
@@ -164,8 +179,11 @@ fn capture_stack() -> u64 {
     // Masked, not checked: the verifier must see the bound on every path (user space only
     // ever sets indices below FRAME_WINDOW_WORDS).
     const MASK: usize = FRAME_WINDOW_WORDS - 1;
-    let (code_w, prev_w, instr_w) =
-        (cfg.code_word as usize & MASK, cfg.prev_word as usize & MASK, cfg.instr_word as usize & MASK);
+    let (code_w, prev_w, instr_w) = (
+        cfg.code_word as usize & MASK,
+        cfg.prev_word as usize & MASK,
+        cfg.instr_word as usize & MASK,
+    );
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut depth = 0usize;
     let mut truncated = 0u32;

@@ -40,7 +40,11 @@ struct Counters {
 
 impl Counters {
     fn new(snapshots: usize) -> Self {
-        Counters { lives: vec![0; snapshots], floors: vec![0; snapshots], ..Default::default() }
+        Counters {
+            lives: vec![0; snapshots],
+            floors: vec![0; snapshots],
+            ..Default::default()
+        }
     }
 
     fn born(&mut self, bytes: u64) {
@@ -141,7 +145,10 @@ pub const MIN_SURVIVING_PER_MILLE: u64 = 5;
 
 impl Aggregator {
     pub fn new() -> Self {
-        Aggregator { times: vec![0.0], ..Default::default() }
+        Aggregator {
+            times: vec![0.0],
+            ..Default::default()
+        }
     }
 
     pub fn live_objects(&self) -> usize {
@@ -151,8 +158,14 @@ impl Aggregator {
     fn retire(&mut self, addr: u64) -> bool {
         match self.objects.remove(&addr) {
             Some(o) => {
-                self.types.get_mut(&o.type_ptr).expect("live object of unknown type").died(o.bytes);
-                self.sites.get_mut(&(o.type_ptr, o.site)).expect("live object of unknown site").died(o.bytes);
+                self.types
+                    .get_mut(&o.type_ptr)
+                    .expect("live object of unknown type")
+                    .died(o.bytes);
+                self.sites
+                    .get_mut(&(o.type_ptr, o.site))
+                    .expect("live object of unknown site")
+                    .died(o.bytes);
                 true
             }
             None => false,
@@ -173,11 +186,22 @@ impl Aggregator {
             k += 16;
         }
         let snapshots = self.times.len();
-        self.types.entry(b.type_ptr).or_insert_with(|| Counters::new(snapshots)).born(b.bytes);
-        self.sites.entry((b.type_ptr, b.site)).or_insert_with(|| Counters::new(snapshots)).born(b.bytes);
+        self.types
+            .entry(b.type_ptr)
+            .or_insert_with(|| Counters::new(snapshots))
+            .born(b.bytes);
+        self.sites
+            .entry((b.type_ptr, b.site))
+            .or_insert_with(|| Counters::new(snapshots))
+            .born(b.bytes);
         self.objects.insert(
             addr,
-            LiveObject { type_ptr: b.type_ptr, site: b.site, bytes: b.bytes, preheader: b.preheader },
+            LiveObject {
+                type_ptr: b.type_ptr,
+                site: b.site,
+                bytes: b.bytes,
+                preheader: b.preheader,
+            },
         );
     }
 
@@ -189,7 +213,11 @@ impl Aggregator {
             return;
         }
         for k in [16, 32] {
-            if self.objects.get(&(addr + k)).is_some_and(|o| o.preheader == k) {
+            if self
+                .objects
+                .get(&(addr + k))
+                .is_some_and(|o| o.preheader == k)
+            {
                 self.retire(addr + k);
                 return;
             }
@@ -208,10 +236,16 @@ impl Aggregator {
         let mut names: HashMap<u64, String> = HashMap::new();
         let mut name = |t: u64| names.entry(t).or_insert_with(|| name_of(t)).clone();
         let times = &self.times;
-        let mut types: Vec<TypeRow> =
-            self.types.iter_mut().map(|(&t, c)| c.close(t, 0, name(t), times)).collect();
-        let mut sites: Vec<TypeRow> =
-            self.sites.iter_mut().map(|(&(t, site), c)| c.close(t, site, name(t), times)).collect();
+        let mut types: Vec<TypeRow> = self
+            .types
+            .iter_mut()
+            .map(|(&t, c)| c.close(t, 0, name(t), times))
+            .collect();
+        let mut sites: Vec<TypeRow> = self
+            .sites
+            .iter_mut()
+            .map(|(&(t, site), c)| c.close(t, site, name(t), times))
+            .collect();
         types.sort_by(order);
         sites.sort_by(order);
         (types, sites)
@@ -227,7 +261,12 @@ pub struct CensusTrend {
 }
 
 impl CensusTrend {
-    pub fn add(&mut self, elapsed: f64, counts: &HashMap<u64, (u64, u64)>, name_of: &mut dyn FnMut(u64) -> String) -> Vec<TypeRow> {
+    pub fn add(
+        &mut self,
+        elapsed: f64,
+        counts: &HashMap<u64, (u64, u64)>,
+        name_of: &mut dyn FnMut(u64) -> String,
+    ) -> Vec<TypeRow> {
         let n = self.times.len();
         self.times.push(elapsed);
         for &t in counts.keys() {
@@ -254,7 +293,10 @@ impl CensusTrend {
                 deaths: 0,
                 interval_births: 0,
                 interval_deaths: 0,
-                rate_per_s: slope(&self.times[self.times.len() - since_first.len()..], since_first),
+                rate_per_s: slope(
+                    &self.times[self.times.len() - since_first.len()..],
+                    since_first,
+                ),
                 growing: keeps_growing(since_first, 0),
                 census: true,
             });
@@ -322,7 +364,12 @@ mod tests {
     const TMP: u64 = 0x2000;
 
     fn b(type_ptr: u64, preheader: u64) -> Option<Birth> {
-        Some(Birth { type_ptr, bytes: 48 + preheader, preheader, site: 1 })
+        Some(Birth {
+            type_ptr,
+            bytes: 48 + preheader,
+            preheader,
+            site: 1,
+        })
     }
 
     fn names(t: u64) -> String {
@@ -366,9 +413,18 @@ mod tests {
         let mut addr = 0x100_0000u64;
         for s in 1..=6u64 {
             for _ in 0..2 {
-                let pile: Vec<u64> = (0..100).map(|_| { addr += 64; addr }).collect();
-                for &a in &pile { agg.birth(a, b(TMP, 16)); }
-                for &a in &pile { agg.free(a - 16); }
+                let pile: Vec<u64> = (0..100)
+                    .map(|_| {
+                        addr += 64;
+                        addr
+                    })
+                    .collect();
+                for &a in &pile {
+                    agg.birth(a, b(TMP, 16));
+                }
+                for &a in &pile {
+                    agg.free(a - 16);
+                }
             }
             for _ in 0..s * 20 {
                 addr += 64;
@@ -377,7 +433,9 @@ mod tests {
             let rows = agg.snapshot(s as f64, &mut names).0;
             // THEN the live count rises at every snapshot, but the floor does not
             assert!(!row(&rows, "tmp").growing, "snapshot {s}");
-            for a in (addr - s * 20 * 64 + 64..=addr).step_by(64) { agg.free(a - 16); }
+            for a in (addr - s * 20 * 64 + 64..=addr).step_by(64) {
+                agg.free(a - 16);
+            }
         }
     }
 
@@ -467,16 +525,43 @@ mod tests {
         let mut sites = vec![];
         for s in 1..=5 {
             for _ in 0..100 {
-                agg.birth(addr, Some(Birth { type_ptr: LEAK, bytes: 64, preheader: 0, site: 1 }));
+                agg.birth(
+                    addr,
+                    Some(Birth {
+                        type_ptr: LEAK,
+                        bytes: 64,
+                        preheader: 0,
+                        site: 1,
+                    }),
+                );
                 addr += 64;
-                agg.birth(0x90_0000, Some(Birth { type_ptr: LEAK, bytes: 64, preheader: 0, site: 2 }));
+                agg.birth(
+                    0x90_0000,
+                    Some(Birth {
+                        type_ptr: LEAK,
+                        bytes: 64,
+                        preheader: 0,
+                        site: 2,
+                    }),
+                );
                 agg.free(0x90_0000);
             }
             sites = agg.snapshot(s as f64, &mut names).1;
         }
         // THEN the leaking site is on top and growing, the churning one is not
-        assert_eq!((sites[0].site, sites[0].live, sites[0].growing), (1, 500, true));
-        assert_eq!((sites[1].site, sites[1].live, sites[1].births, sites[1].growing), (2, 0, 500, false));
+        assert_eq!(
+            (sites[0].site, sites[0].live, sites[0].growing),
+            (1, 500, true)
+        );
+        assert_eq!(
+            (
+                sites[1].site,
+                sites[1].live,
+                sites[1].births,
+                sites[1].growing
+            ),
+            (2, 0, 500, false)
+        );
         assert!((sites[0].rate_per_s - 100.0).abs() < 1e-9);
     }
 
@@ -489,7 +574,15 @@ mod tests {
             rows = trend.add(i as f64, &counts, &mut names);
         }
         assert_eq!(rows.len(), 1, "the static type is left out");
-        assert_eq!((rows[0].name.as_str(), rows[0].live, rows[0].growing, rows[0].census), ("Leak", 350, true, true));
+        assert_eq!(
+            (
+                rows[0].name.as_str(),
+                rows[0].live,
+                rows[0].growing,
+                rows[0].census
+            ),
+            ("Leak", 350, true, true)
+        );
         assert!((rows[0].rate_per_s - 50.0).abs() < 1e-9);
     }
 
@@ -499,12 +592,37 @@ mod tests {
         let cases: &[(&[u64], u64, bool, &str)] = &[
             (&[0, 10, 20, 30, 40], 40, true, "steady leak"),
             (&[0, 10, 20, 30], 30, false, "too few intervals"),
-            (&[0, 50, 40, 55, 45, 52, 48], 100_000, false, "plateau with noise"),
-            (&[0, 0, 0, 0, 0, 0], 5_000, false, "sawtooth: the collector empties it every interval"),
+            (
+                &[0, 50, 40, 55, 45, 52, 48],
+                100_000,
+                false,
+                "plateau with noise",
+            ),
+            (
+                &[0, 0, 0, 0, 0, 0],
+                5_000,
+                false,
+                "sawtooth: the collector empties it every interval",
+            ),
             (&[0, 2, 4, 6, 8], 8, false, "too small to matter"),
-            (&[0, 100, 200, 300, 400], 1_000_000, false, "0.04% of a huge churn survives"),
-            (&[0, 100, 200, 300, 400], 10_000, true, "4% of births survive"),
-            (&[0, 0, 100, 200, 300, 400], 400, true, "the first interval's floor is the attach"),
+            (
+                &[0, 100, 200, 300, 400],
+                1_000_000,
+                false,
+                "0.04% of a huge churn survives",
+            ),
+            (
+                &[0, 100, 200, 300, 400],
+                10_000,
+                true,
+                "4% of births survive",
+            ),
+            (
+                &[0, 0, 100, 200, 300, 400],
+                400,
+                true,
+                "the first interval's floor is the attach",
+            ),
             (&[0, 100, 100, 100, 300], 300, false, "mostly flat"),
         ];
         for &(h, births, want, name) in cases {

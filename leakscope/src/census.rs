@@ -63,8 +63,24 @@ pub struct Walker<'a> {
 }
 
 impl<'a> Walker<'a> {
-    pub fn new(mem: Memory, layout: GcLayout, version: python::Version, runtime: u64, type_type: u64, resolver: &'a mut Resolver) -> Self {
-        Walker { mem, layout, runtime, type_type, resolver, valid_types: HashMap::new(), version, values: HashMap::new() }
+    pub fn new(
+        mem: Memory,
+        layout: GcLayout,
+        version: python::Version,
+        runtime: u64,
+        type_type: u64,
+        resolver: &'a mut Resolver,
+    ) -> Self {
+        Walker {
+            mem,
+            layout,
+            runtime,
+            type_type,
+            resolver,
+            valid_types: HashMap::new(),
+            version,
+            values: HashMap::new(),
+        }
     }
 
     /// Bytes of an instance's values array (3.11/3.12) or inline values (3.13) for type `t`.
@@ -114,13 +130,14 @@ impl<'a> Walker<'a> {
             return v;
         }
         let ok = (|| {
-            if t == 0 || t % 8 != 0 {
+            if t == 0 || !t.is_multiple_of(8) {
                 return Some(false);
             }
             let meta = self.mem.u64(t + 8).ok()?;
             let meta_ok = meta == self.type_type
                 || (self.mem.u64(meta + 8).ok()? == self.type_type
-                    && self.mem.u64(meta + python::TP_FLAGS).ok()? & python::TPFLAGS_TYPE_SUBCLASS != 0);
+                    && self.mem.u64(meta + python::TP_FLAGS).ok()? & python::TPFLAGS_TYPE_SUBCLASS
+                        != 0);
             Some(meta_ok && self.resolver.get(t).is_some())
         })()
         .unwrap_or(false);
@@ -129,8 +146,15 @@ impl<'a> Walker<'a> {
     }
 
     pub fn run(&mut self) -> Census {
-        let mut census = Census { types: HashMap::new(), garbage: HashMap::new(), stats: WalkStats::default() };
-        let mut interp = self.mem.u64(self.runtime + self.layout.interpreters_head).unwrap_or(0);
+        let mut census = Census {
+            types: HashMap::new(),
+            garbage: HashMap::new(),
+            stats: WalkStats::default(),
+        };
+        let mut interp = self
+            .mem
+            .u64(self.runtime + self.layout.interpreters_head)
+            .unwrap_or(0);
         let mut seen_interps = HashSet::new();
         let mut seen = HashSet::new();
         while interp != 0 && seen_interps.insert(interp) && seen_interps.len() <= MAX_INTERPRETERS {
@@ -158,7 +182,13 @@ impl<'a> Walker<'a> {
     /// a consistent link and validated.
     /// Reaching another list's head means our list was merged into it while we walked (a
     /// collection promoting a generation): the rest is counted when that list is walked.
-    fn walk_list(&mut self, head: u64, heads: &[u64], census: &mut Census, seen: &mut HashSet<u64>) {
+    fn walk_list(
+        &mut self,
+        head: u64,
+        heads: &[u64],
+        census: &mut Census,
+        seen: &mut HashSet<u64>,
+    ) {
         census.stats.lists += 1;
         // From op-32 (the managed-dict pre-header, 3.11+): [op-32, op-24, _gc_next, _gc_prev,
         // ob_refcnt, ob_type, ob_size]; the 16 bytes before the GC head are always mapped
@@ -238,12 +268,16 @@ impl<'a> Walker<'a> {
         if list == 0 {
             return;
         }
-        let (Ok(n), Ok(items)) = (self.mem.u64(list + python::LIST_SIZE), self.mem.u64(list + python::LIST_ITEMS))
-        else {
+        let (Ok(n), Ok(items)) = (
+            self.mem.u64(list + python::LIST_SIZE),
+            self.mem.u64(list + python::LIST_ITEMS),
+        ) else {
             return;
         };
         for i in 0..n.min(1 << 24) {
-            let Ok(obj) = self.mem.u64(items + 8 * i) else { break };
+            let Ok(obj) = self.mem.u64(items + 8 * i) else {
+                break;
+            };
             let mut buf = [0u8; 16];
             if self.mem.read(obj + 8, &mut buf).is_err() {
                 census.stats.skipped_invalid += 1;
@@ -291,7 +325,11 @@ pub struct Series {
 }
 
 impl Series {
-    pub fn add(&mut self, counts: &Counts, name_of: &mut dyn FnMut(u64) -> String) -> Vec<CensusRow> {
+    pub fn add(
+        &mut self,
+        counts: &Counts,
+        name_of: &mut dyn FnMut(u64) -> String,
+    ) -> Vec<CensusRow> {
         let n = self.snapshots;
         for &t in counts.keys() {
             self.history.entry(t).or_insert_with(|| vec![0; n]);
@@ -329,7 +367,14 @@ impl Series {
 pub fn plain_rows(counts: &Counts, name_of: &mut dyn FnMut(u64) -> String) -> Vec<CensusRow> {
     let mut rows: Vec<CensusRow> = counts
         .iter()
-        .map(|(&t, &(objects, bytes))| CensusRow { name: name_of(t), objects, bytes, delta_last: 0, delta_first: 0, growing: false })
+        .map(|(&t, &(objects, bytes))| CensusRow {
+            name: name_of(t),
+            objects,
+            bytes,
+            delta_last: 0,
+            delta_first: 0,
+            growing: false,
+        })
         .collect();
     rows.sort_by(|a, b| b.objects.cmp(&a.objects).then(a.name.cmp(&b.name)));
     rows
@@ -371,7 +416,11 @@ pub fn text(r: &CensusReport, top: usize) -> String {
             None => " (target running)".to_string(),
         }
     );
-    let _ = writeln!(s, "  {:<40} {:>11} {:>11} {:>10} {:>10}", "TYPE", "OBJECTS", "BYTES", "Δ LAST", "Δ FIRST");
+    let _ = writeln!(
+        s,
+        "  {:<40} {:>11} {:>11} {:>10} {:>10}",
+        "TYPE", "OBJECTS", "BYTES", "Δ LAST", "Δ FIRST"
+    );
     for row in r.types.iter().take(top) {
         let _ = writeln!(
             s,
@@ -385,12 +434,20 @@ pub fn text(r: &CensusReport, top: usize) -> String {
         );
     }
     if r.types.len() > top {
-        let _ = writeln!(s, "  … {} more types (--top N shows more)", r.types.len() - top);
+        let _ = writeln!(
+            s,
+            "  … {} more types (--top N shows more)",
+            r.types.len() - top
+        );
     }
     if r.garbage.is_empty() {
         let _ = writeln!(s, "  gc.garbage: empty");
     } else {
-        let list: Vec<String> = r.garbage.iter().map(|g| format!("{} {}", g.name, thousands(g.objects))).collect();
+        let list: Vec<String> = r
+            .garbage
+            .iter()
+            .map(|g| format!("{} {}", g.name, thousands(g.objects)))
+            .collect();
         let _ = writeln!(s, "  gc.garbage (uncollectable): {}", list.join(", "));
     }
     let w = &r.walk;
@@ -401,7 +458,11 @@ pub fn text(r: &CensusReport, top: usize) -> String {
         thousands(w.skipped_invalid),
         w.restarts,
         w.lists_cut,
-        if w.bounded { format!(" · stopped at {} objects", thousands(MAX_OBJECTS)) } else { String::new() }
+        if w.bounded {
+            format!(" · stopped at {} objects", thousands(MAX_OBJECTS))
+        } else {
+            String::new()
+        }
     );
     let _ = writeln!(s, "  note: {}", r.not_seen);
     s
@@ -421,7 +482,10 @@ mod tests {
         let mut name = |t: u64| format!("T{t}");
         let mut rows = vec![];
         for i in 0..6u64 {
-            rows = series.add(&counts(&[(1, 1000 + 100 * i), (2, 500), (3, 40 + i % 2)]), &mut name);
+            rows = series.add(
+                &counts(&[(1, 1000 + 100 * i), (2, 500), (3, 40 + i % 2)]),
+                &mut name,
+            );
         }
         assert_eq!(rows[0].name, "T1");
         assert!(rows[0].growing);
@@ -449,9 +513,28 @@ mod tests {
             pid: 7,
             snapshot: 2,
             elapsed_s: 1.0,
-            types: vec![CensusRow { name: "__main__.Leak".into(), objects: 12345, bytes: 691_320, delta_last: 100, delta_first: 200, growing: false }],
-            garbage: vec![CensusRow { name: "__main__.G".into(), objects: 3, bytes: 168, delta_last: 0, delta_first: 0, growing: false }],
-            walk: WalkStats { interpreters: 1, lists: 4, objects: 20000, ..Default::default() },
+            types: vec![CensusRow {
+                name: "__main__.Leak".into(),
+                objects: 12345,
+                bytes: 691_320,
+                delta_last: 100,
+                delta_first: 200,
+                growing: false,
+            }],
+            garbage: vec![CensusRow {
+                name: "__main__.G".into(),
+                objects: 3,
+                bytes: 168,
+                delta_last: 0,
+                delta_first: 0,
+                growing: false,
+            }],
+            walk: WalkStats {
+                interpreters: 1,
+                lists: 4,
+                objects: 20000,
+                ..Default::default()
+            },
             walk_ms: 12.0,
             paused_ms: Some(13.4),
             not_seen: "x",

@@ -42,7 +42,10 @@ fn writes(info_factory: &mut InstructionInfoFactory, instr: &Instruction, reg: R
         u.register().full_register() == reg
             && matches!(
                 u.access(),
-                OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+                OpAccess::Write
+                    | OpAccess::CondWrite
+                    | OpAccess::ReadWrite
+                    | OpAccess::ReadCondWrite
             )
     })
 }
@@ -50,7 +53,11 @@ fn writes(info_factory: &mut InstructionInfoFactory, instr: &Instruction, reg: R
 /// The probe point at the function's entry: always an instruction boundary.
 pub fn first_instruction(code: &[u8], ip: u64) -> ProbePoint {
     let first = Decoder::with_ip(64, code, ip, DecoderOptions::NONE).decode();
-    ProbePoint { offset: 0, emulated: kernel_emulates(&first), instruction: format!("{first}") }
+    ProbePoint {
+        offset: 0,
+        emulated: kernel_emulates(&first),
+        instruction: format!("{first}"),
+    }
 }
 
 /// `code` is the whole function (its symbol size), loaded at `ip`; `arg` the register the
@@ -72,7 +79,11 @@ pub fn entry_probe(code: &[u8], ip: u64, arg: Register) -> ProbePoint {
         instruction: format!("{i}"),
     };
     let Some(first) = instrs.first() else {
-        return ProbePoint { offset: 0, emulated: false, instruction: "?".into() };
+        return ProbePoint {
+            offset: 0,
+            emulated: false,
+            instruction: "?".into(),
+        };
     };
     for instr in &instrs {
         if instr.ip() > ip && targets.iter().any(|&t| t > ip && t <= instr.ip()) {
@@ -102,7 +113,9 @@ mod tests {
     #[test]
     fn py_newreference_moves_to_push_rbx() {
         // mov rax,[rip+..]; push rbx; mov rbx,rdi
-        let code = [0x48, 0x8b, 0x05, 0x01, 0x99, 0x29, 0x00, 0x53, 0x48, 0x89, 0xfb];
+        let code = [
+            0x48, 0x8b, 0x05, 0x01, 0x99, 0x29, 0x00, 0x53, 0x48, 0x89, 0xfb,
+        ];
         check(&code, Register::RDI, 7, true);
     }
 

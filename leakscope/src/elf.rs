@@ -2,7 +2,9 @@
 //! the bytes of its code, read with the `object` crate (no process is run).
 use anyhow::{Context, Result, anyhow};
 use hashbrown::HashMap;
-use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ObjectSymbolTable, read::elf::ElfFile64};
+use object::{
+    Object, ObjectSection, ObjectSegment, ObjectSymbol, ObjectSymbolTable, read::elf::ElfFile64,
+};
 use std::path::{Path, PathBuf};
 
 pub struct Binary {
@@ -27,11 +29,14 @@ impl Binary {
             let mut symbols = HashMap::new();
             for sym in elf.dynamic_symbols().chain(elf.symbols()) {
                 if sym.is_definition()
-                    && let Ok(name) = sym.name() {
-                        // `foo@@VERSION` in some tools; keep the plain name.
-                        let name = name.split('@').next().unwrap_or(name);
-                        symbols.entry(name.to_string()).or_insert((sym.address(), sym.size()));
-                    }
+                    && let Ok(name) = sym.name()
+                {
+                    // `foo@@VERSION` in some tools; keep the plain name.
+                    let name = name.split('@').next().unwrap_or(name);
+                    symbols
+                        .entry(name.to_string())
+                        .or_insert((sym.address(), sym.size()));
+                }
             }
             let segments = elf
                 .segments()
@@ -45,14 +50,22 @@ impl Binary {
                 for (_, reloc) in relocs {
                     if let object::RelocationTarget::Symbol(idx) = reloc.target()
                         && let Ok(sym) = elf.dynamic_symbol_table().unwrap().symbol_by_index(idx)
-                            && let Ok(name) = sym.name() {
-                                reloc_symbols.insert(name.to_string());
-                            }
+                        && let Ok(name) = sym.name()
+                    {
+                        reloc_symbols.insert(name.to_string());
+                    }
                 }
             }
             (is_shared_object, symbols, segments, reloc_symbols)
         };
-        Ok(Binary { path: path.to_path_buf(), data, is_shared_object, symbols, segments, reloc_symbols })
+        Ok(Binary {
+            path: path.to_path_buf(),
+            data,
+            is_shared_object,
+            symbols,
+            segments,
+            reloc_symbols,
+        })
     }
 
     pub fn symbol(&self, name: &str) -> Option<(u64, u64)> {
@@ -161,7 +174,10 @@ pub fn version_in_rodata(rodata: &[u8], minor: Option<u32>) -> Option<(u32, u32,
             *counts.entry(v).or_default() += 1;
         }
     }
-    counts.into_iter().max_by_key(|&(v, c)| (c, v)).map(|(v, _)| v)
+    counts
+        .into_iter()
+        .max_by_key(|&(v, c)| (c, v))
+        .map(|(v, _)| v)
 }
 
 #[cfg(test)]

@@ -29,15 +29,22 @@ fn is_libpython(path: &str) -> Option<Option<u32>> {
 
 fn minor_from_exe_name(path: &str) -> Option<u32> {
     let name = path.rsplit('/').next()?;
-    name.strip_prefix("python3.")?.chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().ok()
+    name.strip_prefix("python3.")?
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .ok()
 }
 
 impl Interpreter {
     pub fn find(process: &Process) -> Result<Interpreter> {
         let maps = process.maps()?;
         // One mapping per file (the one at file offset 0).
-        let files: Vec<&Mapping> =
-            maps.iter().filter(|m| m.path.starts_with('/') && m.offset == 0).collect();
+        let files: Vec<&Mapping> = maps
+            .iter()
+            .filter(|m| m.path.starts_with('/') && m.offset == 0)
+            .collect();
         // A shared libpython wins; otherwise a mapped executable that carries `_PyRuntime`.
         let mut chosen = None;
         if let Some(lib) = files.iter().find(|m| is_libpython(&m.path).is_some()) {
@@ -45,10 +52,11 @@ impl Interpreter {
         } else {
             for m in files.iter().filter(|m| !m.path.contains(".so")) {
                 if let Ok(bin) = Binary::open(&process.file_of(m))
-                    && (bin.symbol("_PyRuntime").is_some() || bin.section(".PyRuntime").is_some()) {
-                        chosen = Some((*m, minor_from_exe_name(&m.path)));
-                        break;
-                    }
+                    && (bin.symbol("_PyRuntime").is_some() || bin.section(".PyRuntime").is_some())
+                {
+                    chosen = Some((*m, minor_from_exe_name(&m.path)));
+                    break;
+                }
             }
         }
         let Some((mapping, file_minor)) = chosen else {
@@ -64,7 +72,11 @@ impl Interpreter {
         let Some((major, minor, patch)) = binary.python_version(file_minor) else {
             bail!("cannot tell the Python version of {target_path}");
         };
-        let version = Version { major, minor, patch };
+        let version = Version {
+            major,
+            minor,
+            patch,
+        };
         if !version.is_supported() {
             bail!(
                 "process {} runs Python {version}, which leakscope does not support (supported: {})",
@@ -74,9 +86,19 @@ impl Interpreter {
         }
         let mine: Vec<&Mapping> = maps.iter().filter(|m| m.path == target_path).collect();
         let base = mapping.start;
-        let bias = if binary.is_shared_object { base - binary.first_load_vaddr() } else { 0 };
+        let bias = if binary.is_shared_object {
+            base - binary.first_load_vaddr()
+        } else {
+            0
+        };
         let ranges = mine.iter().map(|m| (m.start, m.end)).collect();
-        Ok(Interpreter { target_path, binary, version, bias, ranges })
+        Ok(Interpreter {
+            target_path,
+            binary,
+            version,
+            bias,
+            ranges,
+        })
     }
 }
 
@@ -86,7 +108,10 @@ mod tests {
 
     #[test]
     fn libpython_names() {
-        assert_eq!(is_libpython("/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0"), Some(Some(11)));
+        assert_eq!(
+            is_libpython("/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0"),
+            Some(Some(11))
+        );
         assert_eq!(is_libpython("/opt/lib/libpython3.9.so"), Some(Some(9)));
         assert_eq!(is_libpython("/usr/lib/libpython3.11.a"), None);
         assert_eq!(is_libpython("/usr/bin/python3.11"), None);

@@ -75,7 +75,11 @@ fn varint(table: &[u8], i: &mut usize) -> Option<u32> {
 
 fn svarint(table: &[u8], i: &mut usize) -> Option<i32> {
     let u = varint(table, i)?;
-    Some(if u & 1 != 0 { -((u >> 1) as i32) } else { (u >> 1) as i32 })
+    Some(if u & 1 != 0 {
+        -((u >> 1) as i32)
+    } else {
+        (u >> 1) as i32
+    })
 }
 
 fn locations(table: &[u8], firstlineno: i32, unit: u32) -> Option<i32> {
@@ -121,7 +125,10 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     /// Every code unit of every code object in a fixture decodes to the line the interpreter
@@ -135,7 +142,11 @@ mod tests {
             for (unit, want) in code["lines"].as_array().unwrap().iter().enumerate() {
                 let got = line_at(kind, &table, first, unit as u32 * 2);
                 let want = want.as_i64().map(|l| l as i32);
-                assert_eq!(got, want, "{} {} code unit {unit}", v["version"], code["name"]);
+                assert_eq!(
+                    got, want,
+                    "{} {} code unit {unit}",
+                    v["version"], code["name"]
+                );
                 checked += 1;
             }
         }
@@ -144,27 +155,42 @@ mod tests {
 
     #[test]
     fn cpython_39_lnotab() {
-        check_fixture(include_str!("../../tests/fixtures/linetables-3.9.json"), TableKind::Lnotab39);
+        check_fixture(
+            include_str!("../../tests/fixtures/linetables-3.9.json"),
+            TableKind::Lnotab39,
+        );
     }
 
     #[test]
     fn cpython_310_linetable() {
-        check_fixture(include_str!("../../tests/fixtures/linetables-3.10.json"), TableKind::Linetable310);
+        check_fixture(
+            include_str!("../../tests/fixtures/linetables-3.10.json"),
+            TableKind::Linetable310,
+        );
     }
 
     #[test]
     fn cpython_311_locations() {
-        check_fixture(include_str!("../../tests/fixtures/linetables-3.11.json"), TableKind::Locations311);
+        check_fixture(
+            include_str!("../../tests/fixtures/linetables-3.11.json"),
+            TableKind::Locations311,
+        );
     }
 
     #[test]
     fn cpython_312_locations() {
-        check_fixture(include_str!("../../tests/fixtures/linetables-3.12.json"), TableKind::Locations311);
+        check_fixture(
+            include_str!("../../tests/fixtures/linetables-3.12.json"),
+            TableKind::Locations311,
+        );
     }
 
     #[test]
     fn cpython_313_locations() {
-        check_fixture(include_str!("../../tests/fixtures/linetables-3.13.json"), TableKind::Locations311);
+        check_fixture(
+            include_str!("../../tests/fixtures/linetables-3.13.json"),
+            TableKind::Locations311,
+        );
     }
 
     #[test]

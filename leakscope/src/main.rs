@@ -154,7 +154,9 @@ fn main() {
     };
     if let Err(e) = result {
         // A closed stdout (`leakscope … | head`) is not an error.
-        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
             std::process::exit(0);
         }
         eprintln!("leakscope: error: {e:#}");
@@ -184,13 +186,27 @@ fn trace(args: TraceArgs) -> Result<()> {
     if args.entry_probes {
         plan.at_entries();
     }
-    let stack_config = if args.no_stacks { None } else { plan::stack_config(&interp, args.stats) };
+    let stack_config = if args.no_stacks {
+        None
+    } else {
+        plan::stack_config(&interp, args.stats)
+    };
     let symbolizer = stack_config.and_then(|_| {
         let layout = python::stack_layout(interp.version)?;
         let (code_type, _) = interp.binary.symbol("PyCode_Type")?;
-        Some(stacks::Symbolizer::new(process.memory(), interp.version, layout, code_type + interp.bias))
+        Some(stacks::Symbolizer::new(
+            process.memory(),
+            interp.version,
+            layout,
+            code_type + interp.bias,
+        ))
     });
-    let mut tracer = tracer::Tracer::attach(&plan, process.pid, args.stats, stack_config.unwrap_or_default())?;
+    let mut tracer = tracer::Tracer::attach(
+        &plan,
+        process.pid,
+        args.stats,
+        stack_config.unwrap_or_default(),
+    )?;
     let started = Instant::now();
     eprintln!(
         "leakscope: attached to pid {} ({}): Python {} in {}; {} probes{}; sees {}. Ctrl-C for the final report.",
@@ -199,7 +215,11 @@ fn trace(args: TraceArgs) -> Result<()> {
         interp.version,
         interp.target_path,
         plan.probes.len(),
-        if symbolizer.is_some() { ", Python stacks" } else { "" },
+        if symbolizer.is_some() {
+            ", Python stacks"
+        } else {
+            ""
+        },
         plan.coverage.sees()
     );
     let resolver = types::Resolver::new(
@@ -219,9 +239,17 @@ fn trace(args: TraceArgs) -> Result<()> {
     } else {
         None
     };
-    let mut session = Session { args: &args, plan: &plan, pid: process.pid, started, census };
+    let mut session = Session {
+        args: &args,
+        plan: &plan,
+        pid: process.pid,
+        started,
+        census,
+    };
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut drain_tick = tokio::time::interval(Duration::from_millis(10));
@@ -272,14 +300,15 @@ impl State {
         for e in self.events.drain(..) {
             match e.kind {
                 EVENT_BIRTH => {
-                    if let Some(sym) = &mut self.symbolizer {
-                        if e.type_ptr == sym.code_type() {
-                            sym.code_born(e.addr);
-                        }
+                    if let Some(sym) = &mut self.symbolizer
+                        && e.type_ptr == sym.code_type()
+                    {
+                        sym.code_born(e.addr);
                     }
-                    let birth = self.resolver.get(e.type_ptr).and_then(|t| {
-                        t.tracked.then_some((t.basicsize, t.itemsize, t.preheader))
-                    });
+                    let birth = self
+                        .resolver
+                        .get(e.type_ptr)
+                        .and_then(|t| t.tracked.then_some((t.basicsize, t.itemsize, t.preheader)));
                     let birth = birth.map(|(basicsize, itemsize, preheader)| aggregate::Birth {
                         type_ptr: e.type_ptr,
                         bytes: python::object_bytes(basicsize, itemsize, e.ob_size, preheader),
@@ -317,7 +346,10 @@ struct CensusSource {
     trend: aggregate::CensusTrend,
 }
 
-fn census_source(process: &process::Process, interp: &interpreter::Interpreter) -> Result<CensusSource> {
+fn census_source(
+    process: &process::Process,
+    interp: &interpreter::Interpreter,
+) -> Result<CensusSource> {
     let symbol = |name: &str| interp.binary.symbol(name).map(|(a, _)| a + interp.bias);
     Ok(CensusSource {
         mem: process.memory(),
@@ -330,20 +362,37 @@ fn census_source(process: &process::Process, interp: &interpreter::Interpreter) 
 }
 
 impl Session<'_> {
-    fn emit(&mut self, tracer: &tracer::Tracer, state: &mut State, reason: Option<&str>) -> Result<()> {
+    fn emit(
+        &mut self,
+        tracer: &tracer::Tracer,
+        state: &mut State,
+        reason: Option<&str>,
+    ) -> Result<()> {
         let elapsed = self.started.elapsed().as_secs_f64();
-        let State { resolver, symbolizer, agg, .. } = state;
+        let State {
+            resolver,
+            symbolizer,
+            agg,
+            ..
+        } = state;
         let (mut types, site_rows) = agg.snapshot(elapsed, &mut |t| {
-            resolver.get(t).map(|i| i.name.clone()).unwrap_or_else(|| format!("<type {t:#x}>"))
+            resolver
+                .get(t)
+                .map(|i| i.name.clone())
+                .unwrap_or_else(|| format!("<type {t:#x}>"))
         });
         let mut census_ms = None;
         if let Some(c) = &mut self.census {
             let walk_started = Instant::now();
             let result =
-                census::Walker::new(c.mem, c.layout, c.version, c.runtime, c.type_type, resolver).run();
+                census::Walker::new(c.mem, c.layout, c.version, c.runtime, c.type_type, resolver)
+                    .run();
             census_ms = Some(walk_started.elapsed().as_secs_f64() * 1e3);
-            let unseen: census::Counts =
-                result.types.into_iter().filter(|(t, _)| resolver.get(*t).is_some_and(|i| !i.tracked)).collect();
+            let unseen: census::Counts = result
+                .types
+                .into_iter()
+                .filter(|(t, _)| resolver.get(*t).is_some_and(|i| !i.tracked))
+                .collect();
             let mut name = |t: u64| resolver.get(t).map(|i| i.name.clone()).unwrap_or_default();
             types.extend(c.trend.add(elapsed, &unseen, &mut name));
             aggregate::sort_rows(&mut types);
@@ -399,7 +448,11 @@ impl Session<'_> {
                     tracer
                         .program_stats()
                         .into_iter()
-                        .map(|(program, runs, run_time_ns)| report::ProgramStat { program, runs, run_time_ns })
+                        .map(|(program, runs, run_time_ns)| report::ProgramStat {
+                            program,
+                            runs,
+                            run_time_ns,
+                        })
                         .collect(),
                 ),
             )
@@ -407,7 +460,11 @@ impl Session<'_> {
             (None, None)
         };
         let report = report::Report {
-            kind: if reason.is_some() { "final" } else { "interval" },
+            kind: if reason.is_some() {
+                "final"
+            } else {
+                "interval"
+            },
             reason: reason.map(str::to_string),
             pid: self.pid,
             elapsed_s: elapsed,
@@ -435,9 +492,14 @@ impl Session<'_> {
                 truncated: walk[leakscope_common::WALK_TRUNCATED as usize],
             }),
         };
-        let text = if self.args.json { report::json(&report) + "\n" } else { report::text(&report, self.args.top) + "\n" };
+        let text = if self.args.json {
+            report::json(&report) + "\n"
+        } else {
+            report::text(&report, self.args.top) + "\n"
+        };
         let mut out = std::io::stdout().lock();
-        out.write_all(text.as_bytes()).context("writing the report")?;
+        out.write_all(text.as_bytes())
+            .context("writing the report")?;
         out.flush()?;
         Ok(())
     }
@@ -454,15 +516,28 @@ impl Session<'_> {
         let entries: Vec<(&stacks::Site, String, u64)> = rows
             .iter()
             .filter(|r| r.live > 0 && (r.growing || !any_growing))
-            .map(|r| (sites.get(r.site), format!("{} ({} live)", r.name, report::thousands(r.live)), r.live_bytes))
+            .map(|r| {
+                (
+                    sites.get(r.site),
+                    format!("{} ({} live)", r.name, report::thousands(r.live)),
+                    r.live_bytes,
+                )
+            })
             .collect();
         let folded = stacks::folded(&entries);
         if let Some(path) = &self.args.folded {
             std::fs::write(path, &folded).with_context(|| format!("writing {}", path.display()))?;
         }
         if let Some(path) = &self.args.flamegraph {
-            let title = if any_growing { "leakscope: growing allocation sites" } else { "leakscope: surviving allocations (no site is growing)" };
-            let subtitle = format!("pid {} · live bytes of objects born since attach, by Python stack and type", self.pid);
+            let title = if any_growing {
+                "leakscope: growing allocation sites"
+            } else {
+                "leakscope: surviving allocations (no site is growing)"
+            };
+            let subtitle = format!(
+                "pid {} · live bytes of objects born since attach, by Python stack and type",
+                self.pid
+            );
             let svg = report::flamegraph(&folded, title, &subtitle)?;
             std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
         }
@@ -481,10 +556,17 @@ fn census(args: CensusArgs) -> Result<()> {
     let symbol = |name: &str| interp.binary.symbol(name).map(|(a, _)| a + interp.bias);
     let runtime = symbol("_PyRuntime").context("_PyRuntime not found")?;
     let type_type = symbol("PyType_Type").context("PyType_Type not found")?;
-    let mut resolver = types::Resolver::new(process.memory(), interp.version, interp.ranges.clone(), true);
+    let mut resolver = types::Resolver::new(
+        process.memory(),
+        interp.version,
+        interp.ranges.clone(),
+        true,
+    );
     let mut series = census::Series::default();
     let started = Instant::now();
-    let count = args.count.unwrap_or(if args.interval.is_some() { u64::MAX } else { 1 });
+    let count = args
+        .count
+        .unwrap_or(if args.interval.is_some() { u64::MAX } else { 1 });
     let mut snapshot = 0;
     // Ctrl-C between snapshots ends the series (during a --pause it is held back, see pause.rs).
     static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -513,12 +595,29 @@ fn census(args: CensusArgs) -> Result<()> {
             break;
         }
         let walk_started = Instant::now();
-        let paused = if args.pause { Some(pause::Paused::stop(process.pid)?) } else { None };
-        let result = census::Walker::new(process.memory(), layout, interp.version, runtime, type_type, &mut resolver).run();
+        let paused = if args.pause {
+            Some(pause::Paused::stop(process.pid)?)
+        } else {
+            None
+        };
+        let result = census::Walker::new(
+            process.memory(),
+            layout,
+            interp.version,
+            runtime,
+            type_type,
+            &mut resolver,
+        )
+        .run();
         let walk_ms = walk_started.elapsed().as_secs_f64() * 1e3;
         let paused_ms = paused.map(|p| p.resume().as_secs_f64() * 1e3);
         snapshot += 1;
-        let mut name = |t: u64| resolver.get(t).map(|i| i.name.clone()).unwrap_or_else(|| format!("<type {t:#x}>"));
+        let mut name = |t: u64| {
+            resolver
+                .get(t)
+                .map(|i| i.name.clone())
+                .unwrap_or_else(|| format!("<type {t:#x}>"))
+        };
         let report = census::CensusReport {
             kind: "census",
             pid: process.pid,
@@ -537,34 +636,27 @@ fn census(args: CensusArgs) -> Result<()> {
             census::text(&report, args.top) + "\n"
         };
         let mut out = std::io::stdout().lock();
-        out.write_all(text.as_bytes()).context("writing the report")?;
+        out.write_all(text.as_bytes())
+            .context("writing the report")?;
         out.flush()?;
     }
     Ok(())
 }
 
-/// GC list offsets: 3.13+ from the interpreter's own `_Py_DebugOffsets` (cross-checked with
-/// the table), earlier versions from the table.
+/// GC list offsets for this interpreter (see `python::gc_layout_from`).
 fn gc_layout_for(interp: &interpreter::Interpreter) -> Result<python::GcLayout> {
-    let table = python::gc_layout(interp.version);
-    if interp.version.minor >= 13 {
-        let section = interp.binary.section(".PyRuntime").context("no .PyRuntime section")?;
-        let debug = python::debug_offsets_313(section).context("no _Py_DebugOffsets in .PyRuntime")?;
-        if debug.free_threaded {
-            bail!("Python {} is a free-threaded build: it keeps no GC generation lists, so a census is not possible (leakscope does not walk its mimalloc heaps)", interp.version);
-        }
-        if debug.gc_collecting != 200 || table != Some(debug.gc) {
-            bail!("Python {}: _Py_DebugOffsets {debug:?} disagree with leakscope's layout; not reading", interp.version);
-        }
-        return Ok(debug.gc);
-    }
-    table.with_context(|| format!("no GC layout for Python {}", interp.version))
+    python::gc_layout_from(interp.version, interp.binary.section(".PyRuntime"))
+        .map_err(anyhow::Error::msg)
 }
 
 /// CapEff of /proc/self/status.
 fn capabilities() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|h| u64::from_str_radix(h.trim(), 16).ok()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        })
         .unwrap_or(0)
 }

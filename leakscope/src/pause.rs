@@ -12,7 +12,9 @@ pub struct Paused {
 }
 
 fn task_states(pid: i32) -> Vec<char> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return vec![] };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return vec![];
+    };
     dir.filter_map(|e| {
         let stat = std::fs::read_to_string(e.ok()?.path().join("stat")).ok()?;
         stat.rsplit(')').next()?.trim_start().chars().next()
@@ -36,7 +38,12 @@ impl Paused {
             }
             libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old_mask);
         }
-        let paused = Paused { pid, started: Instant::now(), was_stopped, old_mask };
+        let paused = Paused {
+            pid,
+            started: Instant::now(),
+            was_stopped,
+            old_mask,
+        };
         if unsafe { libc::kill(pid, libc::SIGSTOP) } != 0 {
             bail!("stopping pid {pid}: {}", std::io::Error::last_os_error());
         }
@@ -46,7 +53,10 @@ impl Paused {
             if states.is_empty() {
                 bail!("process {pid} exited");
             }
-            if states.iter().all(|&c| c == 'T' || c == 't' || c == 'Z' || c == 'X') {
+            if states
+                .iter()
+                .all(|&c| c == 'T' || c == 't' || c == 'Z' || c == 'X')
+            {
                 return Ok(paused);
             }
             if Instant::now() > deadline {

@@ -63,7 +63,12 @@ impl Plan {
     pub fn at_entries(&mut self) {
         for p in &mut self.probes {
             p.file_offset -= p.point.offset;
-            p.label = format!("{}+0", p.label.rsplit_once('+').map_or(p.label.as_str(), |(f, _)| f));
+            p.label = format!(
+                "{}+0",
+                p.label
+                    .rsplit_once('+')
+                    .map_or(p.label.as_str(), |(f, _)| f)
+            );
             p.point = p.entry.clone();
         }
     }
@@ -76,13 +81,23 @@ pub fn plan(process: &Process, interp: &Interpreter) -> Result<Plan> {
     if complete {
         for name in hooks::NEW_REFERENCE {
             if let Some((vaddr, size)) = bin.symbol(name) {
-                probes.push(entry_probe(interp, name, vaddr, size, Register::RDI, "birth_arg0")?);
+                probes.push(entry_probe(
+                    interp,
+                    name,
+                    vaddr,
+                    size,
+                    Register::RDI,
+                    "birth_arg0",
+                )?);
             }
         }
         for wrapper in [hooks::FREE_WRAPPER, hooks::REALLOC_WRAPPER] {
             probes.push(allocator_slot_probe(process, interp, wrapper)?);
         }
-        return Ok(Plan { coverage: Coverage::Complete, probes });
+        return Ok(Plan {
+            coverage: Coverage::Complete,
+            probes,
+        });
     }
     if interp.version.minor >= 13 {
         bail!(
@@ -94,7 +109,9 @@ pub fn plan(process: &Process, interp: &Interpreter) -> Result<Plan> {
     }
     for name in hooks::ALLOCATORS {
         for (clone, vaddr, _) in bin.symbol_and_clones(name) {
-            let off = bin.vaddr_to_offset(vaddr).context("allocator outside any segment")?;
+            let off = bin
+                .vaddr_to_offset(vaddr)
+                .context("allocator outside any segment")?;
             let code = bin.bytes_at(vaddr, 16).unwrap_or(&[]);
             let entry = disasm::first_instruction(code, vaddr);
             probes.push(ProbeSpec {
@@ -110,13 +127,26 @@ pub fn plan(process: &Process, interp: &Interpreter) -> Result<Plan> {
     for name in hooks::FREES {
         // `.isra` clones may have their arguments rewritten: only the real entry is read.
         if let Some((vaddr, size)) = bin.symbol(name) {
-            probes.push(entry_probe(interp, name, vaddr, size, Register::RDI, "free_arg0")?);
+            probes.push(entry_probe(
+                interp,
+                name,
+                vaddr,
+                size,
+                Register::RDI,
+                "free_arg0",
+            )?);
         }
     }
     if probes.is_empty() {
-        bail!("none of the functions leakscope hooks is exported by {}", interp.target_path);
+        bail!(
+            "none of the functions leakscope hooks is exported by {}",
+            interp.target_path
+        );
     }
-    Ok(Plan { coverage: Coverage::Partial, probes })
+    Ok(Plan {
+        coverage: Coverage::Partial,
+        probes,
+    })
 }
 
 fn entry_probe(
@@ -128,13 +158,18 @@ fn entry_probe(
     program: &'static str,
 ) -> Result<ProbeSpec> {
     let bin = &interp.binary;
-    let code = bin.bytes_at(vaddr, size.max(1)).with_context(|| format!("no code for {name}"))?;
+    let code = bin
+        .bytes_at(vaddr, size.max(1))
+        .with_context(|| format!("no code for {name}"))?;
     let point = disasm::entry_probe(code, vaddr, arg);
     Ok(ProbeSpec {
         label: format!("{name}+{}", point.offset),
         program,
         path: bin.path.clone(),
-        file_offset: bin.vaddr_to_offset(vaddr).context("symbol outside any segment")? + point.offset,
+        file_offset: bin
+            .vaddr_to_offset(vaddr)
+            .context("symbol outside any segment")?
+            + point.offset,
         point,
         entry: disasm::first_instruction(code, vaddr),
     })
@@ -145,9 +180,15 @@ fn entry_probe(
 /// [rax+off]` 3.12+). Following it finds the function the interpreter really calls
 /// (pymalloc, or whatever `PYTHONMALLOC` or an embedder installed), which we then probe; its
 /// second argument is the pointer.
-fn allocator_slot_probe(process: &Process, interp: &Interpreter, wrapper: &str) -> Result<ProbeSpec> {
+fn allocator_slot_probe(
+    process: &Process,
+    interp: &Interpreter,
+    wrapper: &str,
+) -> Result<ProbeSpec> {
     let bin = &interp.binary;
-    let (vaddr, size) = bin.symbol(wrapper).with_context(|| format!("{wrapper} not found"))?;
+    let (vaddr, size) = bin
+        .symbol(wrapper)
+        .with_context(|| format!("{wrapper} not found"))?;
     let code = bin.bytes_at(vaddr, size.max(16)).context("no code")?;
     let func = jump_target(code, vaddr, interp.bias, &process.memory())
         .with_context(|| format!("{wrapper} does not jump through an allocator table"))?;
@@ -158,12 +199,19 @@ fn allocator_slot_probe(process: &Process, interp: &Interpreter, wrapper: &str) 
         .with_context(|| format!("allocator function {func:#x} is not in a mapped file"))?;
     let file_offset = func - m.start + m.offset;
     let path = process.file_of(m);
-    let owner = if m.path == interp.target_path { None } else { Some(crate::elf::Binary::open(&path)?) };
+    let owner = if m.path == interp.target_path {
+        None
+    } else {
+        Some(crate::elf::Binary::open(&path)?)
+    };
     let owner = owner.as_ref().unwrap_or(bin);
     // Symbol of the function (for its size and name); without one, the entry is the only
     // instruction boundary we know for sure.
-    let func_vaddr = owner.offset_to_vaddr(file_offset).context("allocator outside any segment")?;
-    let entry = disasm::first_instruction(owner.bytes_at(func_vaddr, 16).unwrap_or(&[]), func_vaddr);
+    let func_vaddr = owner
+        .offset_to_vaddr(file_offset)
+        .context("allocator outside any segment")?;
+    let entry =
+        disasm::first_instruction(owner.bytes_at(func_vaddr, 16).unwrap_or(&[]), func_vaddr);
     let (label, point) = match owner.symbol_at(func_vaddr) {
         Some((name, vaddr, size)) => {
             let code = owner.bytes_at(vaddr, size).context("no code")?;
@@ -172,9 +220,15 @@ fn allocator_slot_probe(process: &Process, interp: &Interpreter, wrapper: &str) 
         }
         None => (format!("{wrapper} target {func:#x}+0"), entry.clone()),
     };
-    Ok(ProbeSpec { label, program: "free_arg1", path, file_offset: file_offset + point.offset, point, entry })
+    Ok(ProbeSpec {
+        label,
+        program: "free_arg1",
+        path,
+        file_offset: file_offset + point.offset,
+        point,
+        entry,
+    })
 }
-
 
 /// Where the straight-line code at the start of a wrapper jumps to, by evaluating its loads
 /// against the target's memory: `mov reg, [rip+x]`, `mov reg, [reg+x]`, `mov reg, reg`, then
@@ -182,16 +236,23 @@ fn allocator_slot_probe(process: &Process, interp: &Interpreter, wrapper: &str) 
 /// error paths); anything else the evaluator does not know ends the search.
 fn jump_target(code: &[u8], vaddr: u64, bias: u64, mem: &crate::process::Memory) -> Option<u64> {
     let mut regs: hashbrown::HashMap<Register, u64> = hashbrown::HashMap::new();
-    let address = |i: &iced_x86::Instruction, regs: &hashbrown::HashMap<Register, u64>| -> Option<u64> {
-        if i.is_ip_rel_memory_operand() {
-            Some(i.ip_rel_memory_address() + bias)
-        } else if i.memory_index() == Register::None {
-            Some(regs.get(&i.memory_base())?.wrapping_add(i.memory_displacement64()))
-        } else {
-            None
-        }
-    };
-    for i in Decoder::with_ip(64, code, vaddr, DecoderOptions::NONE).into_iter().take(16) {
+    let address =
+        |i: &iced_x86::Instruction, regs: &hashbrown::HashMap<Register, u64>| -> Option<u64> {
+            if i.is_ip_rel_memory_operand() {
+                Some(i.ip_rel_memory_address() + bias)
+            } else if i.memory_index() == Register::None {
+                Some(
+                    regs.get(&i.memory_base())?
+                        .wrapping_add(i.memory_displacement64()),
+                )
+            } else {
+                None
+            }
+        };
+    for i in Decoder::with_ip(64, code, vaddr, DecoderOptions::NONE)
+        .into_iter()
+        .take(16)
+    {
         match (i.mnemonic(), i.flow_control()) {
             (Mnemonic::Jmp, FlowControl::IndirectBranch) => {
                 return match i.op0_kind() {
@@ -200,7 +261,9 @@ fn jump_target(code: &[u8], vaddr: u64, bias: u64, mem: &crate::process::Memory)
                     _ => None,
                 };
             }
-            (Mnemonic::Mov, _) if i.op0_kind() == OpKind::Register && i.op0_register().is_gpr64() => {
+            (Mnemonic::Mov, _)
+                if i.op0_kind() == OpKind::Register && i.op0_register().is_gpr64() =>
+            {
                 let dst = i.op0_register();
                 let value = match i.op1_kind() {
                     OpKind::Memory => address(&i, &regs).and_then(|a| mem.u64(a).ok()),
@@ -223,7 +286,9 @@ fn jump_target(code: &[u8], vaddr: u64, bias: u64, mem: &crate::process::Memory)
 }
 
 fn writes_register(i: &iced_x86::Instruction, reg: Register) -> bool {
-    (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).full_register() == reg && n == 0)
+    (0..i.op_count()).any(|n| {
+        i.op_kind(n) == OpKind::Register && i.op_register(n).full_register() == reg && n == 0
+    })
 }
 
 /// The BPF stack walker's settings for this interpreter (`None`: this version has no

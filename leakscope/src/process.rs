@@ -26,16 +26,23 @@ impl Process {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map_err(|_| anyhow::anyhow!("no process with pid {pid}"))?;
         let (comm, start_time) = parse_stat(&stat).context("unreadable /proc/<pid>/stat")?;
-        Ok(Process { pid, comm, start_time })
+        Ok(Process {
+            pid,
+            comm,
+            start_time,
+        })
     }
 
     /// True while the same process (not a reused pid) is running and not a zombie.
     pub fn alive(&self) -> bool {
         match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
             Ok(stat) => match parse_stat(&stat) {
-                Some((_, start)) if start == self.start_time => {
-                    !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')
-                }
+                Some((_, start)) if start == self.start_time => !stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z'),
                 _ => false,
             },
             Err(_) => false,
@@ -58,7 +65,10 @@ impl Process {
         let via_root = PathBuf::from(format!("/proc/{}/root{}", self.pid, m.path));
         match std::fs::metadata(&via_root) {
             Ok(meta) if meta.ino() == m.inode => via_root,
-            _ => PathBuf::from(format!("/proc/{}/map_files/{:x}-{:x}", self.pid, m.start, m.end)),
+            _ => PathBuf::from(format!(
+                "/proc/{}/map_files/{:x}-{:x}",
+                self.pid, m.start, m.end
+            )),
         }
     }
 
@@ -108,11 +118,21 @@ pub struct Memory {
 
 impl Memory {
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
-        let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-        let remote = libc::iovec { iov_base: addr as *mut _, iov_len: buf.len() };
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut _,
+            iov_len: buf.len(),
+        };
         let n = unsafe { libc::process_vm_readv(self.pid as i32, &local, 1, &remote, 1, 0) };
         if n < 0 {
-            bail!("reading {} bytes at {addr:#x}: {}", buf.len(), std::io::Error::last_os_error());
+            bail!(
+                "reading {} bytes at {addr:#x}: {}",
+                buf.len(),
+                std::io::Error::last_os_error()
+            );
         }
         if n as usize != buf.len() {
             bail!("short read at {addr:#x}");

@@ -60,14 +60,22 @@ pub fn preheader_size(v: Version, flags: u64) -> u64 {
 /// `ob_size` would be, though their type has an item size) counts as no items.
 pub fn object_bytes(basicsize: u64, itemsize: u64, ob_size: i64, preheader: u64) -> u64 {
     let n = ob_size.unsigned_abs();
-    let items = if itemsize == 0 || n > 1 << 31 { 0 } else { n * itemsize };
+    let items = if itemsize == 0 || n > 1 << 31 {
+        0
+    } else {
+        n * itemsize
+    };
     ((basicsize + items + 7) & !7) + preheader
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    const V: fn(u32) -> Version = |minor| Version { major: 3, minor, patch: 0 };
+    const V: fn(u32) -> Version = |minor| Version {
+        major: 3,
+        minor,
+        patch: 0,
+    };
 
     #[test]
     fn values_beside_objects() {
@@ -82,6 +90,46 @@ mod tests {
         assert_eq!(beside(V(12), md, 0, 0x2000), Beside::Dict(0x2000));
         assert_eq!(beside(V(13), md, 0, 0), Beside::Nothing);
         assert_eq!(beside(V(11), 0, 0x1000, 0x2000), Beside::Nothing);
+    }
+
+    /// A `_Py_DebugOffsets` prefix with 3.13.0's values (read from pyenv's libpython3.13).
+    fn debug_offsets(free_threaded: u64) -> Vec<u8> {
+        let mut words = vec![0u64; 80];
+        words[1] = 0x030d00f0;
+        words[2] = free_threaded;
+        words[5] = 632;
+        words[8] = 7264;
+        words[10] = 7400;
+        words[72] = 200;
+        let mut b: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        b[..8].copy_from_slice(b"xdebugpy");
+        b
+    }
+
+    #[test]
+    fn gc_layout_313_comes_from_debug_offsets() {
+        assert_eq!(
+            gc_layout_from(V(13), Some(&debug_offsets(0))),
+            Ok(gc_layout(V(13)).unwrap())
+        );
+        assert_eq!(gc_layout_from(V(11), None), Ok(gc_layout(V(11)).unwrap()));
+        let err = gc_layout_from(V(13), Some(&debug_offsets(1))).unwrap_err();
+        assert!(
+            err.contains("free-threaded build: it keeps no GC generation lists"),
+            "{err}"
+        );
+        let mut wrong = debug_offsets(0);
+        wrong[80..88].copy_from_slice(&7500u64.to_le_bytes());
+        assert!(
+            gc_layout_from(V(13), Some(&wrong))
+                .unwrap_err()
+                .contains("disagree")
+        );
+        assert!(
+            gc_layout_from(V(13), Some(b"not the cookie"))
+                .unwrap_err()
+                .contains("no _Py_DebugOffsets")
+        );
     }
 
     #[test]
@@ -199,7 +247,11 @@ pub fn stack_layout(v: Version) -> Option<StackLayout> {
             frame_code: 32,
             frame_prev: 24,
             frame_instr: if v.minor == 9 { 104 } else { 96 },
-            instr: if v.minor == 9 { Instr::LastiBytes } else { Instr::LastiUnits },
+            instr: if v.minor == 9 {
+                Instr::LastiBytes
+            } else {
+                Instr::LastiUnits
+            },
             co_firstlineno: 40,
             co_filename: 104,
             co_name: 112,
@@ -292,12 +344,52 @@ pub const TPFLAGS_TYPE_SUBCLASS: u64 = 1 << 31;
 
 pub fn gc_layout(v: Version) -> Option<GcLayout> {
     Some(match v.minor {
-        9 | 10 => GcLayout { interpreters_head: 32, interp_next: 0, interp_gc: 616 },
-        11 => GcLayout { interpreters_head: 40, interp_next: 0, interp_gc: 648 },
-        12 => GcLayout { interpreters_head: 40, interp_next: 0, interp_gc: 112 },
-        13 => GcLayout { interpreters_head: 632, interp_next: 7264, interp_gc: 7400 },
+        9 | 10 => GcLayout {
+            interpreters_head: 32,
+            interp_next: 0,
+            interp_gc: 616,
+        },
+        11 => GcLayout {
+            interpreters_head: 40,
+            interp_next: 0,
+            interp_gc: 648,
+        },
+        12 => GcLayout {
+            interpreters_head: 40,
+            interp_next: 0,
+            interp_gc: 112,
+        },
+        13 => GcLayout {
+            interpreters_head: 632,
+            interp_next: 7264,
+            interp_gc: 7400,
+        },
         _ => return None,
     })
+}
+
+/// GC list offsets: 3.13+ from the interpreter's own `_Py_DebugOffsets` (read from its
+/// `.PyRuntime` section and cross-checked with the table), earlier versions from the table.
+pub fn gc_layout_from(v: Version, runtime_section: Option<&[u8]>) -> Result<GcLayout, String> {
+    let table = gc_layout(v);
+    if v.minor < 13 {
+        return table.ok_or_else(|| format!("no GC layout for Python {v}"));
+    }
+    let debug = runtime_section
+        .and_then(debug_offsets_313)
+        .ok_or_else(|| format!("Python {v}: no _Py_DebugOffsets in .PyRuntime"))?;
+    if debug.free_threaded {
+        return Err(format!(
+            "Python {v} is a free-threaded build: it keeps no GC generation lists, so a census is \
+             not possible (leakscope does not walk its mimalloc heaps)"
+        ));
+    }
+    if debug.gc_collecting != 200 || table != Some(debug.gc) {
+        return Err(format!(
+            "Python {v}: _Py_DebugOffsets {debug:?} disagree with leakscope's layout; not reading"
+        ));
+    }
+    Ok(debug.gc)
 }
 
 /// The parts of 3.13's `_Py_DebugOffsets` (the first member of `_PyRuntime`, statically
@@ -313,7 +405,9 @@ pub struct DebugOffsets {
 
 pub fn debug_offsets_313(runtime_section: &[u8]) -> Option<DebugOffsets> {
     let word = |i: usize| -> Option<u64> {
-        Some(u64::from_le_bytes(runtime_section.get(i * 8..i * 8 + 8)?.try_into().ok()?))
+        Some(u64::from_le_bytes(
+            runtime_section.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+        ))
     };
     if runtime_section.get(..8)? != b"xdebugpy" {
         return None;
@@ -323,7 +417,11 @@ pub fn debug_offsets_313(runtime_section: &[u8]) -> Option<DebugOffsets> {
     Some(DebugOffsets {
         version: word(1)?,
         free_threaded: word(2)? != 0,
-        gc: GcLayout { interpreters_head: word(5)?, interp_next: word(8)?, interp_gc: word(10)? },
+        gc: GcLayout {
+            interpreters_head: word(5)?,
+            interp_next: word(8)?,
+            interp_gc: word(10)?,
+        },
         gc_collecting: word(72)?,
     })
 }

@@ -116,7 +116,11 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// The text table: growing types first (marked `▲`), at most `top` rows.
@@ -141,7 +145,11 @@ pub fn text(report: &Report, top: usize) -> String {
             n => format!("{n} types"),
         },
     );
-    let (born, died) = if finished { ("BORN", "DIED") } else { ("+BORN", "-DIED") };
+    let (born, died) = if finished {
+        ("BORN", "DIED")
+    } else {
+        ("+BORN", "-DIED")
+    };
     let _ = writeln!(
         s,
         "  {:<40} {:>11} {:>11} {:>11} {:>11} {:>10}",
@@ -153,8 +161,16 @@ pub fn text(report: &Report, top: usize) -> String {
         .filter(|r| r.live > 0 || r.interval_births > 0 || r.interval_deaths > 0)
         .collect();
     for r in shown.iter().take(top) {
-        let (b, d) = if finished { (r.births, r.deaths) } else { (r.interval_births, r.interval_deaths) };
-        let (b, d) = if r.census { ("census".to_string(), "·".to_string()) } else { (thousands(b), thousands(d)) };
+        let (b, d) = if finished {
+            (r.births, r.deaths)
+        } else {
+            (r.interval_births, r.interval_deaths)
+        };
+        let (b, d) = if r.census {
+            ("census".to_string(), "·".to_string())
+        } else {
+            (thousands(b), thousands(d))
+        };
         let mut name = r.name.clone();
         if name.chars().count() > 40 {
             name = format!("…{}", &name[name.len() - 39..]);
@@ -178,7 +194,11 @@ pub fn text(report: &Report, top: usize) -> String {
         );
     }
     if shown.len() > top {
-        let _ = writeln!(s, "  … {} more types (--top N shows more)", shown.len() - top);
+        let _ = writeln!(
+            s,
+            "  … {} more types (--top N shows more)",
+            shown.len() - top
+        );
     }
     sites_text(&mut s, report);
     let l = &report.lost;
@@ -200,7 +220,10 @@ pub fn text(report: &Report, top: usize) -> String {
             String::new()
         },
         if report.ignored_births > 0 {
-            format!(" · {} births of builtin types not counted (not visible on this build)", thousands(report.ignored_births))
+            format!(
+                " · {} births of builtin types not counted (not visible on this build)",
+                thousands(report.ignored_births)
+            )
         } else {
             String::new()
         }
@@ -212,7 +235,11 @@ pub fn text(report: &Report, top: usize) -> String {
                 s,
                 "  {:<44} {:<24} {:>12}",
                 p.probe,
-                format!("{}{}", p.instruction, if p.emulated { "" } else { " (stepped)" }),
+                format!(
+                    "{}{}",
+                    p.instruction,
+                    if p.emulated { "" } else { " (stepped)" }
+                ),
                 thousands(p.hits)
             );
         }
@@ -222,7 +249,11 @@ pub fn text(report: &Report, top: usize) -> String {
             s,
             "  stack walks: {} · {:.1} frames each · {} ns each · {} truncated at {} frames",
             thousands(w.walks),
-            if w.walks > 0 { w.frames as f64 / w.walks as f64 } else { 0.0 },
+            if w.walks > 0 {
+                w.frames as f64 / w.walks as f64
+            } else {
+                0.0
+            },
             w.ns.checked_div(w.walks).unwrap_or(0),
             thousands(w.truncated),
             leakscope_common::MAX_FRAMES
@@ -230,7 +261,11 @@ pub fn text(report: &Report, top: usize) -> String {
     }
     if let Some(programs) = &report.programs {
         for p in programs {
-            let per = if p.runs > 0 { p.run_time_ns / p.runs } else { 0 };
+            let per = if p.runs > 0 {
+                p.run_time_ns / p.runs
+            } else {
+                0
+            };
             let _ = writeln!(
                 s,
                 "  bpf program {:<14} {:>12} runs {:>8} ns/run (kernel bpf stats)",
@@ -274,7 +309,11 @@ fn sites_text(s: &mut String, report: &Report) {
                 let _ = writeln!(s, "      … (truncated)");
             }
             (n, t) => {
-                let _ = writeln!(s, "      … {n} more frames{}", if t { " (truncated)" } else { "" });
+                let _ = writeln!(
+                    s,
+                    "      … {n} more frames{}",
+                    if t { " (truncated)" } else { "" }
+                );
             }
         }
     }
@@ -282,7 +321,10 @@ fn sites_text(s: &mut String, report: &Report) {
 
 /// The flamegraph SVG of folded stacks (see `stacks::folded`): width is live bytes.
 pub fn flamegraph(folded: &str, title: &str, subtitle: &str) -> std::io::Result<Vec<u8>> {
-    use inferno::flamegraph::{self, Options, color::{BasicPalette, Palette}};
+    use inferno::flamegraph::{
+        self, Options,
+        color::{BasicPalette, Palette},
+    };
     let mut opts = Options::default();
     opts.title = title.to_string();
     opts.subtitle = Some(subtitle.to_string());
@@ -293,7 +335,7 @@ pub fn flamegraph(folded: &str, title: &str, subtitle: &str) -> std::io::Result<
     let mut svg = Vec::new();
     if folded.is_empty() {
         // inferno refuses empty input; an empty graph still says what it is.
-        flamegraph::from_lines(&mut opts, ["[nothing survived] 1"].into_iter(), &mut svg)?;
+        flamegraph::from_lines(&mut opts, ["[nothing survived] 1"], &mut svg)?;
     } else {
         flamegraph::from_lines(&mut opts, folded.lines(), &mut svg)?;
     }
@@ -328,7 +370,11 @@ mod tests {
             pid: 42,
             elapsed_s: 10.0,
             interval_s: 2.0,
-            types: vec![row("__main__.Leak", 20000, true), row("dict", 12, false), row("gone", 0, false)],
+            types: vec![
+                row("__main__.Leak", 20000, true),
+                row("dict", 12, false),
+                row("gone", 0, false),
+            ],
             census_ms: None,
             sites: vec![SiteReport {
                 type_name: "__main__.Leak".into(),
@@ -339,8 +385,16 @@ mod tests {
                 rate_per_s: 2000.0,
                 growing: true,
                 frames: vec![
-                    Frame { function: "level3".into(), file: "app.py".into(), line: Some(7) },
-                    Frame { function: "<module>".into(), file: "app.py".into(), line: Some(20) },
+                    Frame {
+                        function: "level3".into(),
+                        file: "app.py".into(),
+                        line: Some(7),
+                    },
+                    Frame {
+                        function: "<module>".into(),
+                        file: "app.py".into(),
+                        line: Some(20),
+                    },
                 ],
                 truncated: false,
             }],

@@ -48,7 +48,10 @@ pub struct Sites {
 impl Default for Sites {
     fn default() -> Self {
         let none = Site::default();
-        Sites { list: vec![none.clone()], index: HashMap::from_iter([(none, 0)]) }
+        Sites {
+            list: vec![none.clone()],
+            index: HashMap::from_iter([(none, 0)]),
+        }
     }
 }
 
@@ -157,7 +160,10 @@ impl Symbolizer {
                 used.push(f.code);
             }
         }
-        let site = self.sites.intern(Site { frames, truncated: raw.truncated != 0 });
+        let site = self.sites.intern(Site {
+            frames,
+            truncated: raw.truncated != 0,
+        });
         self.by_stack.insert(id, site);
         self.stack_codes.insert(id, used);
         site
@@ -177,10 +183,16 @@ impl Symbolizer {
         let line = match offset {
             // Before the first instruction (a frame being set up): CPython says firstlineno.
             Some(o) if o < 0 => Some(info.firstlineno),
-            Some(o) => linetable::line_at(self.layout.table, &info.table, info.firstlineno, o as u32),
+            Some(o) => {
+                linetable::line_at(self.layout.table, &info.table, info.firstlineno, o as u32)
+            }
             None => None,
         };
-        Some(Frame { function: info.function.clone(), file: info.file.clone(), line })
+        Some(Frame {
+            function: info.function.clone(),
+            file: info.file.clone(),
+            line,
+        })
     }
 
     fn fingerprint(&self, code: u64) -> Option<[u64; 3]> {
@@ -199,12 +211,28 @@ impl Symbolizer {
         let l = &self.layout;
         let fingerprint = self.fingerprint(code)?;
         let file = self.str(fingerprint[0])?;
-        let function = self.str(self.mem.u64(code + l.co_qualname.unwrap_or(l.co_name)).ok()?)?;
+        let function = self.str(
+            self.mem
+                .u64(code + l.co_qualname.unwrap_or(l.co_name))
+                .ok()?,
+        )?;
         let table_obj = self.mem.u64(code + l.co_linetable).ok()?;
-        let len = self.mem.u64(table_obj + python::BYTES_SIZE).ok()?.min(1 << 20);
+        let len = self
+            .mem
+            .u64(table_obj + python::BYTES_SIZE)
+            .ok()?
+            .min(1 << 20);
         let mut table = vec![0u8; len as usize];
-        self.mem.read(table_obj + python::BYTES_DATA, &mut table).ok()?;
-        Some(CodeInfo { function, file, firstlineno: fingerprint[2] as u32 as i32, table, fingerprint })
+        self.mem
+            .read(table_obj + python::BYTES_DATA, &mut table)
+            .ok()?;
+        Some(CodeInfo {
+            function,
+            file,
+            firstlineno: fingerprint[2] as u32 as i32,
+            table,
+            fingerprint,
+        })
     }
 
     /// A `str`: compact ASCII or compact UTF-8-representable (1-byte kind) text.
@@ -225,12 +253,17 @@ impl Symbolizer {
         Some(match kind {
             1 if ascii == 1 => String::from_utf8_lossy(&buf).into_owned(),
             1 => buf.iter().map(|&b| b as char).collect(),
-            2 => char::decode_utf16(buf.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])))
-                .map(|c| c.unwrap_or('?'))
-                .collect(),
+            2 => char::decode_utf16(
+                buf.chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]])),
+            )
+            .map(|c| c.unwrap_or('?'))
+            .collect(),
             4 => buf
                 .chunks_exact(4)
-                .map(|c| char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]])).unwrap_or('?'))
+                .map(|c| {
+                    char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]])).unwrap_or('?')
+                })
                 .collect(),
             _ => return None,
         })
@@ -286,14 +319,24 @@ mod tests {
     use super::*;
 
     fn f(function: &str, line: i32) -> Frame {
-        Frame { function: function.into(), file: "app.py".into(), line: Some(line) }
+        Frame {
+            function: function.into(),
+            file: "app.py".into(),
+            line: Some(line),
+        }
     }
 
     #[test]
     fn interning_gives_stable_ids() {
         let mut sites = Sites::default();
-        let a = Site { frames: vec![f("leak", 3), f("main", 9)], truncated: false };
-        let b = Site { frames: vec![f("leak", 4), f("main", 9)], truncated: false };
+        let a = Site {
+            frames: vec![f("leak", 3), f("main", 9)],
+            truncated: false,
+        };
+        let b = Site {
+            frames: vec![f("leak", 4), f("main", 9)],
+            truncated: false,
+        };
         assert_eq!(sites.intern(a.clone()), 1);
         assert_eq!(sites.intern(b), 2);
         assert_eq!(sites.intern(a.clone()), 1);
@@ -303,8 +346,14 @@ mod tests {
 
     #[test]
     fn folded_snapshot() {
-        let a = Site { frames: vec![f("Handler.leak", 3), f("<module>", 9)], truncated: false };
-        let deep = Site { frames: vec![f("rec", 5)], truncated: true };
+        let a = Site {
+            frames: vec![f("Handler.leak", 3), f("<module>", 9)],
+            truncated: false,
+        };
+        let deep = Site {
+            frames: vec![f("rec", 5)],
+            truncated: true,
+        };
         let none = Site::default();
         let got = folded(&[
             (&deep, "dict (10 live)".into(), 640),
@@ -322,7 +371,14 @@ mod tests {
 
     #[test]
     fn semicolons_cannot_split_frames() {
-        let s = Site { frames: vec![Frame { function: "a;b".into(), file: "x;y.py".into(), line: None }], truncated: false };
+        let s = Site {
+            frames: vec![Frame {
+                function: "a;b".into(),
+                file: "x;y.py".into(),
+                line: None,
+            }],
+            truncated: false,
+        };
         assert_eq!(folded(&[(&s, "T".into(), 1)]), "a:b (x:y.py);T 1\n");
     }
 }

@@ -6,12 +6,16 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{UProbe, uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope}},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
 };
 use leakscope_common::{DROP_KINDS, Event, MAX_PROBES, RawStack, StackConfig, WALK_SLOTS};
 use std::{num::NonZeroU32, os::fd::OwnedFd};
 
-static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakscope.bpf.o"));
+static BPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakscope.bpf.o"));
 pub const PROGRAMS: [&str; 4] = ["birth_arg0", "birth_ret", "free_arg0", "free_arg1"];
 
 pub struct Tracer {
@@ -39,27 +43,43 @@ pub fn check_uprobe_support(sysfs: &std::path::Path) -> Result<()> {
 impl Tracer {
     pub fn attach(plan: &Plan, pid: u32, stats: bool, stack_config: StackConfig) -> Result<Tracer> {
         if BPF_OBJECT.is_empty() {
-            bail!("this leakscope was built without its BPF object: run `cargo xtask build-ebpf`, then rebuild");
+            bail!(
+                "this leakscope was built without its BPF object: run `cargo xtask build-ebpf`, then rebuild"
+            );
         }
         if plan.probes.len() > MAX_PROBES as usize {
-            bail!("{} probes planned, at most {MAX_PROBES} fit", plan.probes.len());
+            bail!(
+                "{} probes planned, at most {MAX_PROBES} fit",
+                plan.probes.len()
+            );
         }
         // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; raising it may fail
         // (no CAP_SYS_RESOURCE) and newer kernels don't need it, so failure is fine.
-        let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+        let rlim = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
 
         let _stats = if stats {
-            Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling kernel BPF run-time stats")?)
+            Some(
+                aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                    .context("enabling kernel BPF run-time stats")?,
+            )
         } else {
             None
         };
         let mut ebpf = EbpfLoader::new().load(BPF_OBJECT).map_err(explain)?;
         for name in PROGRAMS {
             let prog: &mut UProbe = ebpf.program_mut(name).unwrap().try_into()?;
-            prog.load().map_err(|e| explain(e).context(format!("loading BPF program {name}")))?;
+            prog.load()
+                .map_err(|e| explain(e).context(format!("loading BPF program {name}")))?;
         }
-        Array::<_, StackConfig>::try_from(ebpf.map_mut("CONFIG").unwrap())?.set(0, stack_config, 0)?;
+        Array::<_, StackConfig>::try_from(ebpf.map_mut("CONFIG").unwrap())?.set(
+            0,
+            stack_config,
+            0,
+        )?;
         let pid = NonZeroU32::new(pid).context("pid 0")?;
         for (i, spec) in plan.probes.iter().enumerate() {
             attach_one(&mut ebpf, i as u64, spec, pid)?;
@@ -69,7 +89,15 @@ impl Tracer {
         let drops = PerCpuArray::try_from(ebpf.take_map("DROPS").unwrap())?;
         let walk = PerCpuArray::try_from(ebpf.take_map("WALK").unwrap())?;
         let stacks = BpfHashMap::try_from(ebpf.take_map("STACKS").unwrap())?;
-        Ok(Tracer { ebpf, events, hits, drops, walk, stacks, _stats })
+        Ok(Tracer {
+            ebpf,
+            events,
+            hits,
+            drops,
+            walk,
+            stacks,
+            _stats,
+        })
     }
 
     /// Moves every queued event into `out`.
@@ -95,7 +123,9 @@ impl Tracer {
     }
 
     pub fn hits(&self, probes: usize) -> Vec<u64> {
-        (0..probes as u32).map(|i| Self::sum(&self.hits, i)).collect()
+        (0..probes as u32)
+            .map(|i| Self::sum(&self.hits, i))
+            .collect()
     }
 
     pub fn drops(&self) -> [u64; DROP_KINDS as usize] {
@@ -109,7 +139,11 @@ impl Tracer {
             .filter_map(|&name| {
                 let prog: &UProbe = self.ebpf.program(name)?.try_into().ok()?;
                 let info = prog.info().ok()?;
-                Some((name.to_string(), info.run_count(), info.run_time().as_nanos() as u64))
+                Some((
+                    name.to_string(),
+                    info.run_count(),
+                    info.run_time().as_nanos() as u64,
+                ))
             })
             .collect()
     }
@@ -122,7 +156,13 @@ fn attach_one(ebpf: &mut Ebpf, cookie: u64, spec: &ProbeSpec, pid: NonZeroU32) -
         cookie: Some(cookie),
     };
     prog.attach(point, &spec.path, UProbeScope::OneProcess(pid))
-        .map_err(|e| explain(e).context(format!("attaching a uprobe at {} in {}", spec.label, spec.path.display())))?;
+        .map_err(|e| {
+            explain(e).context(format!(
+                "attaching a uprobe at {} in {}",
+                spec.label,
+                spec.path.display()
+            ))
+        })?;
     Ok(())
 }
 
@@ -148,7 +188,8 @@ fn explain<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error 
 mod tests {
     #[test]
     fn a_kernel_without_uprobes_is_named() {
-        let err = super::check_uprobe_support(std::path::Path::new("/nonexistent/uprobe")).unwrap_err();
+        let err =
+            super::check_uprobe_support(std::path::Path::new("/nonexistent/uprobe")).unwrap_err();
         assert!(format!("{err}").contains("no uprobe support"), "{err}");
         assert!(format!("{err}").contains("CONFIG_UPROBES"), "{err}");
     }

@@ -31,8 +31,20 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    pub fn new(mem: Memory, version: Version, interpreter: Vec<(u64, u64)>, all_types: bool) -> Self {
-        Resolver { mem, version, interpreter, all_types, cache: HashMap::new(), failed_reads: 0 }
+    pub fn new(
+        mem: Memory,
+        version: Version,
+        interpreter: Vec<(u64, u64)>,
+        all_types: bool,
+    ) -> Self {
+        Resolver {
+            mem,
+            version,
+            interpreter,
+            all_types,
+            cache: HashMap::new(),
+            failed_reads: 0,
+        }
     }
 
     pub fn get(&mut self, type_ptr: u64) -> Option<&TypeInfo> {
@@ -55,7 +67,10 @@ impl Resolver {
     pub fn revalidate(&mut self) {
         let mem = self.mem;
         self.cache.retain(|&addr, info| {
-            !info.heap || mem.u64(addr + python::TP_NAME).is_ok_and(|p| p == info.tp_name)
+            !info.heap
+                || mem
+                    .u64(addr + python::TP_NAME)
+                    .is_ok_and(|p| p == info.tp_name)
         });
     }
 
@@ -101,7 +116,11 @@ impl Resolver {
             let (_log2_size, log2_index_bytes, kind) = (h[0], h[1], h[2]);
             let n = self.mem.u64(keys + dict::DK_NENTRIES_311).ok()?;
             let entries = keys + dict::DK_INDICES_311 + (1u64 << log2_index_bytes);
-            if kind == 0 { (entries, n, 24, 8) } else { (entries, n, 16, 0) }
+            if kind == 0 {
+                (entries, n, 24, 8)
+            } else {
+                (entries, n, 16, 0)
+            }
         } else {
             let size = self.mem.u64(keys + dict::DK_SIZE_39).ok()?;
             let n = self.mem.u64(keys + dict::DK_NENTRIES_39).ok()?;
@@ -132,7 +151,9 @@ impl Resolver {
             return None;
         }
         let mut buf = vec![0u8; len as usize];
-        self.mem.read(s + python::ascii_data_offset(self.version), &mut buf).ok()?;
+        self.mem
+            .read(s + python::ascii_data_offset(self.version), &mut buf)
+            .ok()?;
         String::from_utf8(buf).ok()
     }
 }

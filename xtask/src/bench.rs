@@ -19,8 +19,14 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let pyenv = std::env::var("PYENV_ROOT").unwrap_or_else(|_| format!("{home}/.pyenv"));
     let interps = [
-        Interp { label: "pyenv 3.11.7 (shared, sees all objects)", python: format!("{pyenv}/versions/3.11.7/bin/python3.11") },
-        Interp { label: "Debian 3.11 (static LTO, classes+ext)", python: "/usr/bin/python3.11".into() },
+        Interp {
+            label: "pyenv 3.11.7 (shared, sees all objects)",
+            python: format!("{pyenv}/versions/3.11.7/bin/python3.11"),
+        },
+        Interp {
+            label: "Debian 3.11 (static LTO, classes+ext)",
+            python: "/usr/bin/python3.11".into(),
+        },
     ];
     let workload = root.join("tests/python/bench_workload.py");
     let leakscope = root.join("target/release/leakscope");
@@ -30,7 +36,13 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     );
     println!(
         "{:<40} {:>9} | {:>15} | {:>15} | {:>15} | {:>10} {:>13}",
-        "interpreter", "untraced", "types only", "types+stacks", "at entries", "probe hits", "stack walk"
+        "interpreter",
+        "untraced",
+        "types only",
+        "types+stacks",
+        "at entries",
+        "probe hits",
+        "stack walk"
     );
     for interp in &interps {
         if !Path::new(&interp.python).exists() {
@@ -39,8 +51,21 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         let mut times: [Vec<f64>; 4] = Default::default();
         let mut last = Traced::default();
         for _ in 0..rounds {
-            for (i, mode) in [None, Some(&["--no-stacks"][..]), Some(&[][..]), Some(&["--entry-probes"][..])].into_iter().enumerate() {
-                let r = run_workload(&interp.python, &workload, iterations, mode.map(|m| (leakscope.as_path(), m)))?;
+            for (i, mode) in [
+                None,
+                Some(&["--no-stacks"][..]),
+                Some(&[][..]),
+                Some(&["--entry-probes"][..]),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let r = run_workload(
+                    &interp.python,
+                    &workload,
+                    iterations,
+                    mode.map(|m| (leakscope.as_path(), m)),
+                )?;
                 times[i].push(r.secs);
                 if i == 2 {
                     last = r;
@@ -97,7 +122,12 @@ struct Traced {
 
 /// Runs the workload once; with a tracer (and these extra flags) attached first when
 /// `leakscope` is given.
-fn run_workload(python: &str, workload: &Path, n: u32, leakscope: Option<(&Path, &[&str])>) -> Result<Traced> {
+fn run_workload(
+    python: &str,
+    workload: &Path,
+    n: u32,
+    leakscope: Option<(&Path, &[&str])>,
+) -> Result<Traced> {
     let mut child = Command::new(python)
         .arg(workload)
         .arg(n.to_string())
@@ -111,7 +141,15 @@ fn run_workload(python: &str, workload: &Path, n: u32, leakscope: Option<(&Path,
     let mut tracer = None;
     if let Some((bin, flags)) = leakscope {
         let mut t = Command::new(bin)
-            .args(["trace", "--pid", &child.id().to_string(), "--json", "--stats", "--interval", "3600"])
+            .args([
+                "trace",
+                "--pid",
+                &child.id().to_string(),
+                "--json",
+                "--stats",
+                "--interval",
+                "3600",
+            ])
             .args(flags)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -132,22 +170,48 @@ fn run_workload(python: &str, workload: &Path, n: u32, leakscope: Option<(&Path,
     child.stdin.take().unwrap().write_all(b"go\n")?;
     line.clear();
     out.read_line(&mut line)?;
-    let secs: f64 = line.trim().parse().with_context(|| format!("workload printed {line:?}"))?;
+    let secs: f64 = line
+        .trim()
+        .parse()
+        .with_context(|| format!("workload printed {line:?}"))?;
     child.wait()?;
-    let mut r = Traced { secs, ..Default::default() };
+    let mut r = Traced {
+        secs,
+        ..Default::default()
+    };
     if let Some(t) = tracer {
         let output = t.wait_with_output()?;
         let text = String::from_utf8_lossy(&output.stdout);
-        let last: serde_json::Value = serde_json::from_str(text.lines().last().context("no final report")?)?;
-        r.hits = last["probes"].as_array().map(|a| a.iter().map(|p| p["hits"].as_u64().unwrap_or(0)).sum()).unwrap_or(0);
-        let (runs, ns) = last["programs"].as_array().map(|a| {
-            a.iter().fold((0u64, 0u64), |(r, n), p| (r + p["runs"].as_u64().unwrap_or(0), n + p["run_time_ns"].as_u64().unwrap_or(0)))
-        }).unwrap_or((0, 0));
+        let last: serde_json::Value =
+            serde_json::from_str(text.lines().last().context("no final report")?)?;
+        r.hits = last["probes"]
+            .as_array()
+            .map(|a| a.iter().map(|p| p["hits"].as_u64().unwrap_or(0)).sum())
+            .unwrap_or(0);
+        let (runs, ns) = last["programs"]
+            .as_array()
+            .map(|a| {
+                a.iter().fold((0u64, 0u64), |(r, n), p| {
+                    (
+                        r + p["runs"].as_u64().unwrap_or(0),
+                        n + p["run_time_ns"].as_u64().unwrap_or(0),
+                    )
+                })
+            })
+            .unwrap_or((0, 0));
         r.bpf_ns = ns.checked_div(runs).unwrap_or(0);
         let w = &last["walk"];
         let walks = w["walks"].as_u64().unwrap_or(0);
-        r.walk_ns = w["ns"].as_u64().unwrap_or(0).checked_div(walks).unwrap_or(0);
-        r.walk_frames = if walks > 0 { w["frames"].as_u64().unwrap_or(0) as f64 / walks as f64 } else { 0.0 };
+        r.walk_ns = w["ns"]
+            .as_u64()
+            .unwrap_or(0)
+            .checked_div(walks)
+            .unwrap_or(0);
+        r.walk_frames = if walks > 0 {
+            w["frames"].as_u64().unwrap_or(0) as f64 / walks as f64
+        } else {
+            0.0
+        };
     }
     Ok(r)
 }
@@ -158,9 +222,15 @@ fn run_workload(python: &str, workload: &Path, n: u32, leakscope: Option<(&Path,
 fn census(root: &Path, python: &str, quick: bool) -> Result<()> {
     let script = root.join("tests/python/census_bench.py");
     let leakscope = root.join("target/release/leakscope");
-    let sizes: &[u32] = if quick { &[100_000] } else { &[100_000, 1_000_000] };
+    let sizes: &[u32] = if quick {
+        &[100_000]
+    } else {
+        &[100_000, 1_000_000]
+    };
     println!();
-    println!("census ({python}): a target holding N tracked objects runs a fixed loop; medians of 3");
+    println!(
+        "census ({python}): a target holding N tracked objects runs a fixed loop; medians of 3"
+    );
     println!(
         "{:>10} | {:>12} {:>14} | {:>10} {:>16} {:>9}",
         "objects", "census", "paused census", "untouched", "during censuses", "slowdown"
@@ -195,10 +265,20 @@ fn census(root: &Path, python: &str, quick: bool) -> Result<()> {
             let _ = looper.join();
             child.wait()?;
         }
-        let (w, pz, p, b) = (median(&mut walk), median(&mut paused), median(&mut plain), median(&mut busy));
+        let (w, pz, p, b) = (
+            median(&mut walk),
+            median(&mut paused),
+            median(&mut plain),
+            median(&mut busy),
+        );
         println!(
             "{:>10} | {:>9.0} ms {:>11.0} ms | {:>9.3}s {:>15.3}s {:>8.2}x",
-            n, w, pz, p, b, b / p
+            n,
+            w,
+            pz,
+            p,
+            b,
+            b / p
         );
     }
     println!("census: one walk of the running target; paused census: how long --pause stopped it;");
@@ -206,7 +286,11 @@ fn census(root: &Path, python: &str, quick: bool) -> Result<()> {
     Ok(())
 }
 
-fn start(python: &str, script: &Path, n: u32) -> Result<(std::process::Child, BufReader<std::process::ChildStdout>)> {
+fn start(
+    python: &str,
+    script: &Path,
+    n: u32,
+) -> Result<(std::process::Child, BufReader<std::process::ChildStdout>)> {
     let mut child = Command::new(python)
         .arg(script)
         .arg(n.to_string())
@@ -222,7 +306,9 @@ fn start(python: &str, script: &Path, n: u32) -> Result<(std::process::Child, Bu
 fn read_secs(out: &mut BufReader<std::process::ChildStdout>) -> Result<f64> {
     let mut line = String::new();
     out.read_line(&mut line)?;
-    line.trim().parse().with_context(|| format!("workload printed {line:?}"))
+    line.trim()
+        .parse()
+        .with_context(|| format!("workload printed {line:?}"))
 }
 
 /// (walk ms, paused ms) of one census.
@@ -233,5 +319,8 @@ fn census_ms(leakscope: &Path, pid: &str, pause: bool) -> Result<(f64, f64)> {
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let v: serde_json::Value = serde_json::from_str(text.lines().next().context("no census")?)?;
-    Ok((v["walk_ms"].as_f64().unwrap_or(0.0), v["paused_ms"].as_f64().unwrap_or(0.0)))
+    Ok((
+        v["walk_ms"].as_f64().unwrap_or(0.0),
+        v["paused_ms"].as_f64().unwrap_or(0.0),
+    ))
 }

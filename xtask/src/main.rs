@@ -22,7 +22,9 @@ fn main() -> Result<()> {
         "build" => build(),
         "test" => {
             build()?;
-            run(cargo().args(["test", "--release", "--", "--test-threads=1"]).args(&args[1..]))
+            run(cargo()
+                .args(["test", "--release", "--", "--test-threads=1"])
+                .args(&args[1..]))
         }
         "demo" => {
             build()?;
@@ -33,14 +35,23 @@ fn main() -> Result<()> {
             bench::run(&workspace_root(), &args[1..])
         }
         _ => {
-            eprintln!("usage: cargo xtask <build-ebpf | build | demo | test [filter] | bench [--quick]>");
-            if task == "help" { Ok(()) } else { bail!("unknown task {task:?}") }
+            eprintln!(
+                "usage: cargo xtask <build-ebpf | build | demo | test [filter] | bench [--quick]>"
+            );
+            if task == "help" {
+                Ok(())
+            } else {
+                bail!("unknown task {task:?}")
+            }
         }
     }
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn cargo() -> Command {
@@ -69,7 +80,10 @@ fn build_ebpf() -> Result<()> {
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env("CARGO_TARGET_DIR", root.join("target"))
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf")
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        )
         .args([
             "+nightly",
             "build",
@@ -102,7 +116,11 @@ fn demo() -> Result<()> {
     let root = workspace_root();
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let pyenv = format!("{home}/.pyenv/versions/3.11.7/bin/python3.11");
-    let python = if Path::new(&pyenv).exists() { pyenv } else { "python3".to_string() };
+    let python = if Path::new(&pyenv).exists() {
+        pyenv
+    } else {
+        "python3".to_string()
+    };
     let mut target = Command::new(&python)
         .arg(root.join("tests/python/nested.py"))
         .arg("1000")

@@ -19,8 +19,10 @@ fn count(report: &Value, name: &str) -> u64 {
 }
 
 fn interpreters() -> Vec<(String, PathBuf)> {
-    let mut v: Vec<(String, PathBuf)> =
-        ["3.9.18", "3.10.13", "3.11.7", "3.12.1", "3.13.0"].iter().map(|v| (format!("pyenv {v}"), pyenv(v))).collect();
+    let mut v: Vec<(String, PathBuf)> = ["3.9.18", "3.10.13", "3.11.7", "3.12.1", "3.13.0"]
+        .iter()
+        .map(|v| (format!("pyenv {v}"), pyenv(v)))
+        .collect();
     v.push(("Debian 3.11".into(), debian_python()));
     v
 }
@@ -34,13 +36,17 @@ fn paused_census_equals_gc_get_objects_everywhere() {
         return;
     }
     for (label, python) in interpreters() {
-        let target = crate::support::python(&python, "census_target.py", &["steady", "0", "garbage"]);
+        let target =
+            crate::support::python(&python, "census_target.py", &["steady", "0", "garbage"]);
         let mut checked = false;
         for _attempt in 0..5 {
             let reports = census(target.pid, &["--pause"]);
             let report = &reports[0];
             assert!(report["paused_ms"].as_f64().unwrap() > 0.0);
-            let line = target.lines.recv_timeout(Duration::from_secs(10)).expect("the target's own count");
+            let line = target
+                .lines
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the target's own count");
             let own: Value = serde_json::from_str(&line).unwrap();
             if own["exact"] != true {
                 continue; // the pause landed inside a burst of changes: ask again
@@ -52,8 +58,17 @@ fn paused_census_equals_gc_get_objects_everywhere() {
                     "{label}: {name}: census {report:#} vs gc.get_objects {own}"
                 );
             }
-            let garbage = report["garbage"].as_array().unwrap().iter().find(|g| g["name"] == "__main__.Garbage");
-            assert_eq!(garbage.map(|g| g["objects"].as_u64().unwrap()), Some(321), "{label}: {}", report["garbage"]);
+            let garbage = report["garbage"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|g| g["name"] == "__main__.Garbage");
+            assert_eq!(
+                garbage.map(|g| g["objects"].as_u64().unwrap()),
+                Some(321),
+                "{label}: {}",
+                report["garbage"]
+            );
             assert_eq!(report["walk"]["skipped_invalid"], 0, "{label}");
             assert_eq!(report["walk"]["lists_cut"], 0, "{label}");
             checked = true;
@@ -61,8 +76,14 @@ fn paused_census_equals_gc_get_objects_everywhere() {
         }
         assert!(checked, "{label}: no exact moment in 5 tries");
         // the target runs on after the pause
-        assert!(std::fs::read_to_string(format!("/proc/{}/stat", target.pid)).unwrap().contains(") S") ||
-                std::fs::read_to_string(format!("/proc/{}/stat", target.pid)).unwrap().contains(") R"));
+        assert!(
+            std::fs::read_to_string(format!("/proc/{}/stat", target.pid))
+                .unwrap()
+                .contains(") S")
+                || std::fs::read_to_string(format!("/proc/{}/stat", target.pid))
+                    .unwrap()
+                    .contains(") R")
+        );
     }
 }
 
@@ -73,13 +94,20 @@ fn running_census_within_5_percent() {
     if !privileged() {
         return;
     }
-    for (label, python) in [("pyenv 3.11.7", pyenv("3.11.7")), ("Debian 3.11", debian_python())] {
+    for (label, python) in [
+        ("pyenv 3.11.7", pyenv("3.11.7")),
+        ("Debian 3.11", debian_python()),
+    ] {
         let target = crate::support::python(&python, "census_target.py", &["steady"]);
         for report in census(target.pid, &["--interval", "0.5", "--count", "3"]) {
             assert!(report.get("paused_ms").is_none());
             for (name, truth) in [("__main__.Leak", 50_000.0), ("__main__.Node", 10_000.0)] {
                 let got = count(&report, name) as f64;
-                assert!((got - truth).abs() <= truth * 0.05, "{label}: {name} {got} vs {truth}: {}", report["walk"]);
+                assert!(
+                    (got - truth).abs() <= truth * 0.05,
+                    "{label}: {name} {got} vs {truth}: {}",
+                    report["walk"]
+                );
             }
         }
     }
@@ -100,12 +128,22 @@ fn census_growth_leak_and_churn() {
     let per_snapshot = r["delta_first"].as_i64().unwrap() as f64 / 5.0;
     assert!(per_snapshot > 1500.0, "grew {per_snapshot}/snapshot: {r}");
     for report in &reports[1..] {
-        assert!(row(report, "__main__.Leak").unwrap()["delta_last"].as_i64().unwrap() > 0);
+        assert!(
+            row(report, "__main__.Leak").unwrap()["delta_last"]
+                .as_i64()
+                .unwrap()
+                > 0
+        );
     }
     drop(leak);
     let churn = crate::support::python(&pyenv("3.11.7"), "census_target.py", &["churn"]);
     for report in census(churn.pid, &["--interval", "1", "--count", "6"]) {
-        let growing: Vec<_> = report["types"].as_array().unwrap().iter().filter(|t| t["growing"] == true).collect();
+        let growing: Vec<_> = report["types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["growing"] == true)
+            .collect();
         assert!(growing.is_empty(), "{growing:?}");
     }
 }
@@ -117,9 +155,17 @@ fn census_says_what_it_cannot_see() {
         return;
     }
     let target = crate::support::python(&pyenv("3.11.7"), "census_target.py", &["churn"]);
-    let run = leakscope(&["census", "--pid", &target.pid.to_string()], Duration::from_secs(60));
+    let run = leakscope(
+        &["census", "--pid", &target.pid.to_string()],
+        Duration::from_secs(60),
+    );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(run.stdout.contains("ints, floats, strings, bytes, dicts holding only atomic values"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("ints, floats, strings, bytes, dicts holding only atomic values"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("use `leakscope trace` for those"));
     assert!(run.stdout.contains("(target running)"));
 }

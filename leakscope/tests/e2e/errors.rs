@@ -10,7 +10,12 @@ fn one_line_error(run: &Run, needle: &str) {
     let lines: Vec<_> = run.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one line: {:?}", run.stderr);
     assert!(lines[0].starts_with("leakscope: error: "), "{}", lines[0]);
-    assert!(lines[0].contains(needle), "{:?} not in {:?}", needle, lines[0]);
+    assert!(
+        lines[0].contains(needle),
+        "{:?} not in {:?}",
+        needle,
+        lines[0]
+    );
     assert!(!run.stderr.contains("panicked"));
 }
 
@@ -42,7 +47,10 @@ fn unsupported_version_names_the_supported_ones() {
     }
     let target = python(&pyenv("3.8.18"), "leak.py", &["10"]);
     let run = leakscope(&["trace", "--pid", &target.pid.to_string()], QUICK);
-    one_line_error(&run, "runs Python 3.8.18, which leakscope does not support (supported: 3.9, 3.10, 3.11, 3.12 and 3.13)");
+    one_line_error(
+        &run,
+        "runs Python 3.8.18, which leakscope does not support (supported: 3.9, 3.10, 3.11, 3.12 and 3.13)",
+    );
 }
 
 #[test]
@@ -54,12 +62,21 @@ fn no_privileges_names_the_capabilities() {
     // Drop to `nobody` with no capabilities at all.
     let run = leakscope_cmd(
         Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+            ])
             .arg(env!("CARGO_BIN_EXE_leakscope"))
             .args(["trace", "--pid", &target.pid.to_string()]),
         QUICK,
     );
-    one_line_error(&run, "needs root, or the capabilities CAP_BPF and CAP_PERFMON");
+    one_line_error(
+        &run,
+        "needs root, or the capabilities CAP_BPF and CAP_PERFMON",
+    );
 }
 
 #[test]
@@ -68,7 +85,17 @@ fn target_exiting_mid_trace_gives_a_final_report_and_exit_0() {
         return;
     }
     let target = python(&pyenv("3.11.7"), "exits.py", &["3"]);
-    let run = leakscope(&["trace", "--pid", &target.pid.to_string(), "--json", "--interval", "1"], QUICK);
+    let run = leakscope(
+        &[
+            "trace",
+            "--pid",
+            &target.pid.to_string(),
+            "--json",
+            "--interval",
+            "1",
+        ],
+        QUICK,
+    );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let last = run.last();
     assert_eq!(last["kind"], "final");
@@ -80,7 +107,11 @@ fn target_exiting_mid_trace_gives_a_final_report_and_exit_0() {
 fn bad_arguments_exit_non_zero() {
     let run = leakscope(&["trace", "--pid", "1", "--interval", "0"], QUICK);
     assert_eq!(run.code, Some(2));
-    assert!(run.stderr.contains("is not a positive number of seconds"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("is not a positive number of seconds"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -89,8 +120,15 @@ fn ctrl_c_gives_the_final_report_and_exit_0() {
         return;
     }
     let target = python(&pyenv("3.11.7"), "leak.py", &["200"]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_leakscope"))
-        .args(["trace", "--pid", &target.pid.to_string(), "--json", "--interval", "1"])
+    let child = Command::new(env!("CARGO_BIN_EXE_leakscope"))
+        .args([
+            "trace",
+            "--pid",
+            &target.pid.to_string(),
+            "--json",
+            "--interval",
+            "1",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -104,8 +142,16 @@ fn ctrl_c_gives_the_final_report_and_exit_0() {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     });
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!((last["kind"].as_str(), last["reason"].as_str()), (Some("final"), Some("interrupted")));
+    assert_eq!(
+        (last["kind"].as_str(), last["reason"].as_str()),
+        (Some("final"), Some("interrupted"))
+    );
 }

@@ -17,7 +17,16 @@ fn nested_call_chain(python: &Path) {
     let dir = tempdir("graphs");
     let (svg, folded) = (dir.join("leak.svg"), dir.join("leak.folded"));
     let target = crate::support::python(python, "nested.py", &[&RATE.to_string()]);
-    let run = trace(target.pid, 10, &["--flamegraph", svg.to_str().unwrap(), "--folded", folded.to_str().unwrap()]);
+    let run = trace(
+        target.pid,
+        10,
+        &[
+            "--flamegraph",
+            svg.to_str().unwrap(),
+            "--folded",
+            folded.to_str().unwrap(),
+        ],
+    );
     let last = run.last();
     let growing = growing_sites(&last);
     assert_eq!(growing.len(), 1, "one growing site: {growing:#?}");
@@ -38,21 +47,38 @@ fn nested_call_chain(python: &Path) {
     assert_eq!(site["frames"].as_array().unwrap().len(), 5, "{site:#}");
     assert_eq!(site["truncated"], false);
     // the churning site of the same type exists and is not growing
-    let churn = last["sites"].as_array().unwrap().iter().find(|x| frame(x, 0).0.contains("churn") || frame(x, 0).0.contains("listcomp"));
+    let churn = last["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| frame(x, 0).0.contains("churn") || frame(x, 0).0.contains("listcomp"));
     if let Some(c) = churn {
         assert_eq!(c["growing"], false, "{c:#}");
     }
     // SVG: well-formed XML naming the leaking function and the type
     let text = std::fs::read_to_string(&svg).unwrap();
-    let opts = roxmltree::ParsingOptions { allow_dtd: true, ..Default::default() };
+    let opts = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
     let doc = roxmltree::Document::parse_with_options(&text, opts).expect("the SVG is XML");
     assert_eq!(doc.root_element().tag_name().name(), "svg");
     assert!(text.contains("level3 ("), "SVG names level3");
-    assert!(text.contains("__main__.Leak ("), "SVG has the type as the leaf");
+    assert!(
+        text.contains("__main__.Leak ("),
+        "SVG has the type as the leaf"
+    );
     let folded = std::fs::read_to_string(&folded).unwrap();
     assert_eq!(folded.lines().count(), 1, "{folded}");
     assert!(folded.starts_with("<module> ("), "{folded}");
-    assert!(folded.contains(&format!("level3 ({}:{});__main__.Leak (", crate::support::script("nested.py").display(), m("LEAK-SITE"))), "{folded}");
+    assert!(
+        folded.contains(&format!(
+            "level3 ({}:{});__main__.Leak (",
+            crate::support::script("nested.py").display(),
+            m("LEAK-SITE")
+        )),
+        "{folded}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -78,9 +104,24 @@ fn worker_thread(python: &Path) {
     let growing = growing_sites(&last);
     assert_eq!(growing.len(), 1, "{growing:#?}");
     let site = &growing[0];
-    assert_eq!(frame(site, 0), (s("worker"), s("thread_leak.py"), marker_line("thread_leak.py", "LEAK-SITE")));
-    assert_eq!((frame(site, 1).0, frame(site, 1).1), (s("Thread.run"), s("threading.py")));
-    assert_rate(site["rate_per_s"].as_f64().unwrap(), RATE, 10.0, "worker site");
+    assert_eq!(
+        frame(site, 0),
+        (
+            s("worker"),
+            s("thread_leak.py"),
+            marker_line("thread_leak.py", "LEAK-SITE")
+        )
+    );
+    assert_eq!(
+        (frame(site, 1).0, frame(site, 1).1),
+        (s("Thread.run"), s("threading.py"))
+    );
+    assert_rate(
+        site["rate_per_s"].as_f64().unwrap(),
+        RATE,
+        10.0,
+        "worker site",
+    );
 }
 
 #[test]
@@ -104,10 +145,29 @@ fn asyncio_task(python: &Path) {
     let growing = growing_sites(&last);
     assert_eq!(growing.len(), 1, "{growing:#?}");
     let site = &growing[0];
-    assert_eq!(frame(site, 0), (s("handle"), s("async_leak.py"), marker_line("async_leak.py", "LEAK-SITE")));
-    assert_eq!(frame(site, 1), (s("serve"), s("async_leak.py"), marker_line("async_leak.py", "AWAITS-HANDLE")));
-    let functions: Vec<String> = (0..site["frames"].as_array().unwrap().len()).map(|i| frame(site, i).0).collect();
-    assert!(functions.iter().any(|f| f.ends_with("run_forever")), "the event loop is below: {functions:?}");
+    assert_eq!(
+        frame(site, 0),
+        (
+            s("handle"),
+            s("async_leak.py"),
+            marker_line("async_leak.py", "LEAK-SITE")
+        )
+    );
+    assert_eq!(
+        frame(site, 1),
+        (
+            s("serve"),
+            s("async_leak.py"),
+            marker_line("async_leak.py", "AWAITS-HANDLE")
+        )
+    );
+    let functions: Vec<String> = (0..site["frames"].as_array().unwrap().len())
+        .map(|i| frame(site, i).0)
+        .collect();
+    assert!(
+        functions.iter().any(|f| f.ends_with("run_forever")),
+        "the event loop is below: {functions:?}"
+    );
 }
 
 #[test]
@@ -137,7 +197,9 @@ fn pyenv_311_reused_code_object_addresses_keep_sites_right() {
     let mut checked = 0;
     for site in last["sites"].as_array().unwrap() {
         let ty = site["type"].as_str().unwrap();
-        let Some(k) = ty.rsplit(".").next().unwrap().strip_prefix("Leak") else { continue };
+        let Some(k) = ty.rsplit(".").next().unwrap().strip_prefix("Leak") else {
+            continue;
+        };
         assert_eq!(frame(site, 0).0, format!("make{k}"), "{site:#}");
         checked += 1;
     }
@@ -153,13 +215,34 @@ fn pyenv_311_deep_stacks_are_truncated_marked_and_counted() {
     }
     let target = crate::support::python(&pyenv("3.11.7"), "deep.py", &["500"]);
     let last = trace(target.pid, 8, &["--stats"]).last();
-    let site = growing_sites(&last).into_iter().next().expect("a growing site");
+    let site = growing_sites(&last)
+        .into_iter()
+        .next()
+        .expect("a growing site");
     assert_eq!(site["truncated"], true);
     let frames = site["frames"].as_array().unwrap();
     assert_eq!(frames.len(), leakscope_common_max_frames());
-    assert_eq!(frame(&site, 0), ("down".to_string(), "deep.py".to_string(), marker_line("deep.py", "LEAK-SITE")));
-    assert_eq!(frame(&site, 1), ("down".to_string(), "deep.py".to_string(), marker_line("deep.py", "RECURSES")));
-    assert!(last["walk"]["truncated"].as_u64().unwrap() > 0, "{}", last["walk"]);
+    assert_eq!(
+        frame(&site, 0),
+        (
+            "down".to_string(),
+            "deep.py".to_string(),
+            marker_line("deep.py", "LEAK-SITE")
+        )
+    );
+    assert_eq!(
+        frame(&site, 1),
+        (
+            "down".to_string(),
+            "deep.py".to_string(),
+            marker_line("deep.py", "RECURSES")
+        )
+    );
+    assert!(
+        last["walk"]["truncated"].as_u64().unwrap() > 0,
+        "{}",
+        last["walk"]
+    );
 }
 
 fn leakscope_common_max_frames() -> usize {

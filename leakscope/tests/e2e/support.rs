@@ -17,7 +17,10 @@ pub fn privileged() -> bool {
 }
 
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn script(name: &str) -> PathBuf {
@@ -26,10 +29,15 @@ pub fn script(name: &str) -> PathBuf {
 
 /// pyenv's shared, unoptimized build `X.Y.Z`; must exist on this machine.
 pub fn pyenv(version: &str) -> PathBuf {
-    let root = std::env::var("PYENV_ROOT").unwrap_or_else(|_| format!("{}/.pyenv", std::env::var("HOME").unwrap()));
+    let root = std::env::var("PYENV_ROOT")
+        .unwrap_or_else(|_| format!("{}/.pyenv", std::env::var("HOME").unwrap()));
     let minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
     let p = PathBuf::from(format!("{root}/versions/{version}/bin/python{minor}"));
-    assert!(p.exists(), "{} is missing: these tests need pyenv's {version}", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: these tests need pyenv's {version}",
+        p.display()
+    );
     p
 }
 
@@ -70,7 +78,10 @@ pub fn start(mut cmd: Command) -> Target {
         line.clear();
         if out.read_line(&mut line).unwrap_or(0) == 0 || Instant::now() > deadline {
             let _ = target.child.kill();
-            panic!("target {cmd:?} did not get ready: {:?}", target.child.wait());
+            panic!(
+                "target {cmd:?} did not get ready: {:?}",
+                target.child.wait()
+            );
         }
         if line.trim() == "ready" {
             break;
@@ -116,7 +127,10 @@ impl Run {
 
 /// Runs `leakscope` with `args`; it must finish within `limit` (a hang is a failure).
 pub fn leakscope(args: &[&str], limit: Duration) -> Run {
-    leakscope_cmd(Command::new(env!("CARGO_BIN_EXE_leakscope")).args(args), limit)
+    leakscope_cmd(
+        Command::new(env!("CARGO_BIN_EXE_leakscope")).args(args),
+        limit,
+    )
 }
 
 pub fn leakscope_cmd(cmd: &mut Command, limit: Duration) -> Run {
@@ -151,7 +165,16 @@ pub fn leakscope_cmd(cmd: &mut Command, limit: Duration) -> Run {
 /// `trace --pid P --json --interval 2 --duration D` plus `extra`.
 pub fn trace(pid: u32, duration: u32, extra: &[&str]) -> Run {
     let (p, d) = (pid.to_string(), duration.to_string());
-    let mut args = vec!["trace", "--pid", &p, "--json", "--interval", "2", "--duration", &d];
+    let mut args = vec![
+        "trace",
+        "--pid",
+        &p,
+        "--json",
+        "--interval",
+        "2",
+        "--duration",
+        &d,
+    ];
     args.extend_from_slice(extra);
     let run = leakscope(&args, Duration::from_secs(duration as u64 + 60));
     assert_eq!(run.code, Some(0), "leakscope failed: {}", run.stderr);
@@ -171,7 +194,10 @@ pub fn tempdir(tag: &str) -> PathBuf {
 /// to put on PYTHONPATH.
 pub fn build_leakext(interpreter: &Path) -> PathBuf {
     let q = |expr: &str| {
-        let out = Command::new(interpreter).args(["-c", &format!("import sysconfig; print({expr})")]).output().unwrap();
+        let out = Command::new(interpreter)
+            .args(["-c", &format!("import sysconfig; print({expr})")])
+            .output()
+            .unwrap();
         assert!(out.status.success());
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
@@ -190,24 +216,38 @@ pub fn build_leakext(interpreter: &Path) -> PathBuf {
 
 /// The row of type `name` in a report.
 pub fn row<'a>(report: &'a Value, name: &str) -> Option<&'a Value> {
-    report["types"].as_array().unwrap().iter().find(|t| t["name"] == name)
+    report["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
 }
 
 pub fn assert_no_losses(report: &Value) {
     let l = &report["lost"];
-    assert_eq!((l["ringbuf_full"].as_u64(), l["kernel_read_failed"].as_u64()), (Some(0), Some(0)), "losses: {l}");
+    assert_eq!(
+        (l["ringbuf_full"].as_u64(), l["kernel_read_failed"].as_u64()),
+        (Some(0), Some(0)),
+        "losses: {l}"
+    );
 }
 
 /// `rate` within `pct`% of `truth`.
 pub fn assert_rate(rate: f64, truth: f64, pct: f64, what: &str) {
-    assert!((rate - truth).abs() <= truth * pct / 100.0, "{what}: rate {rate:.1}/s, truth {truth}/s (±{pct}%)");
+    assert!(
+        (rate - truth).abs() <= truth * pct / 100.0,
+        "{what}: rate {rate:.1}/s, truth {truth}/s (±{pct}%)"
+    );
 }
 
 /// The line of `script` that carries the comment `# MARKER`.
 pub fn marker_line(script_name: &str, marker: &str) -> i64 {
     let text = std::fs::read_to_string(script(script_name)).unwrap();
     let tag = format!("# {marker}");
-    1 + text.lines().position(|l| l.trim_end().ends_with(&tag)).unwrap_or_else(|| panic!("{marker} not in {script_name}")) as i64
+    1 + text
+        .lines()
+        .position(|l| l.trim_end().ends_with(&tag))
+        .unwrap_or_else(|| panic!("{marker} not in {script_name}")) as i64
 }
 
 /// `(function, file name, line)` of a frame in a JSON site.
@@ -223,5 +263,11 @@ pub fn frame(site: &Value, i: usize) -> (String, String, i64) {
 
 /// The growing sites of a report.
 pub fn growing_sites(report: &Value) -> Vec<Value> {
-    report["sites"].as_array().unwrap().iter().filter(|s| s["growing"] == true).cloned().collect()
+    report["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["growing"] == true)
+        .cloned()
+        .collect()
 }

@@ -15,11 +15,28 @@ fn leaking_class_on_top(interpreter: &Path) {
     let top = &last["types"][0];
     assert_eq!(top["name"], "__main__.Leak", "report: {last}");
     assert_eq!(top["growing"], true);
-    assert_rate(top["rate_per_s"].as_f64().unwrap(), RATE, 10.0, "__main__.Leak");
+    assert_rate(
+        top["rate_per_s"].as_f64().unwrap(),
+        RATE,
+        10.0,
+        "__main__.Leak",
+    );
     assert_eq!(top["deaths"], 0);
     let site = &growing_sites(&last)[0];
-    assert_eq!(frame(site, 0), ("<module>".to_string(), "leak.py".to_string(), marker_line("leak.py", "LEAK-SITE")));
-    let growing: Vec<_> = last["types"].as_array().unwrap().iter().filter(|t| t["growing"] == true).collect();
+    assert_eq!(
+        frame(site, 0),
+        (
+            "<module>".to_string(),
+            "leak.py".to_string(),
+            marker_line("leak.py", "LEAK-SITE")
+        )
+    );
+    let growing: Vec<_> = last["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["growing"] == true)
+        .collect();
     assert_eq!(growing.len(), 1, "only the class leaks: {growing:?}");
     assert_no_losses(&last);
 }
@@ -32,18 +49,35 @@ fn churn_reports_nothing_growing(interpreter: &Path, min_births: u64) {
     let reports = run.reports();
     assert!(reports.len() >= 7, "{} reports", reports.len());
     for r in &reports {
-        let growing: Vec<_> = r["types"].as_array().unwrap().iter().filter(|t| t["growing"] == true).collect();
+        let growing: Vec<_> = r["types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["growing"] == true)
+            .collect();
         assert!(growing.is_empty(), "churn reported growth: {growing:?}");
-        assert!(growing_sites(r).is_empty(), "churn reported a growing site: {:?}", growing_sites(r));
+        assert!(
+            growing_sites(r).is_empty(),
+            "churn reported a growing site: {:?}",
+            growing_sites(r)
+        );
         assert_no_losses(r);
     }
     let last = reports.last().unwrap();
-    let births: u64 = last["types"].as_array().unwrap().iter().map(|t| t["births"].as_u64().unwrap()).sum();
+    let births: u64 = last["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["births"].as_u64().unwrap())
+        .sum();
     assert!(births >= min_births, "only {births} births seen");
     for class in ["__main__.Plain", "__main__.Slotted"] {
         let r = row(last, class).unwrap_or_else(|| panic!("{class} not seen: {last}"));
         assert!(r["births"].as_u64().unwrap() > 100_000, "{r}");
-        assert!(r["live"].as_u64().unwrap() <= 2, "{class} should be (almost) all dead: {r}");
+        assert!(
+            r["live"].as_u64().unwrap() <= 2,
+            "{class} should be (almost) all dead: {r}"
+        );
     }
 }
 
@@ -89,7 +123,10 @@ fn pyenv_311_sees_builtins_leaking() {
     for name in ["dict", "float", "list"] {
         let r = row(&last, name).unwrap_or_else(|| panic!("{name} missing: {last}"));
         assert_eq!(r["growing"], true, "{r}");
-        assert!(r.get("census").is_none(), "complete builds take no census: {r}");
+        assert!(
+            r.get("census").is_none(),
+            "complete builds take no census: {r}"
+        );
         assert_rate(r["rate_per_s"].as_f64().unwrap(), 1000.0, 10.0, name);
     }
     assert_no_losses(&last);
@@ -106,17 +143,41 @@ fn debian_311_builtins_come_from_the_census_or_not_at_all() {
     }
     let target = python(&debian_python(), "leak_builtins.py", &["1000"]);
     let run = trace(target.pid, 10, &[]);
-    assert!(run.stderr.contains("builtins created inside this optimized interpreter are not visible"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("builtins created inside this optimized interpreter are not visible"),
+        "{}",
+        run.stderr
+    );
     let last = run.last();
     let list = row(&last, "list").unwrap_or_else(|| panic!("list missing: {last}"));
-    assert_eq!((list["census"].as_bool(), list["growing"].as_bool(), list["births"].as_u64()), (Some(true), Some(true), Some(0)), "{list}");
-    assert_rate(list["rate_per_s"].as_f64().unwrap(), 1000.0, 10.0, "list (census)");
+    assert_eq!(
+        (
+            list["census"].as_bool(),
+            list["growing"].as_bool(),
+            list["births"].as_u64()
+        ),
+        (Some(true), Some(true), Some(0)),
+        "{list}"
+    );
+    assert_rate(
+        list["rate_per_s"].as_f64().unwrap(),
+        1000.0,
+        10.0,
+        "list (census)",
+    );
     assert!(last["census_ms"].as_f64().is_some());
     for name in ["float", "str"] {
-        assert!(row(&last, name).is_none(), "{name} must not be reported on this build: {last}");
+        assert!(
+            row(&last, name).is_none(),
+            "{name} must not be reported on this build: {last}"
+        );
     }
     // dicts of atomic values are on no GC list: no dict row may grow
-    assert!(row(&last, "dict").is_none_or(|d| d["growing"] == false), "{last}");
+    assert!(
+        row(&last, "dict").is_none_or(|d| d["growing"] == false),
+        "{last}"
+    );
     // and without the census, no builtin at all
     let run = trace(target.pid, 4, &["--no-census"]);
     assert!(row(&run.last(), "list").is_none());
@@ -127,7 +188,10 @@ fn debian_311_builtins_come_from_the_census_or_not_at_all() {
 fn extension_types_leaking(python: &Path) {
     let ext = build_leakext(python);
     let mut cmd = std::process::Command::new(python);
-    cmd.arg("-u").arg(script("leak_ext.py")).arg("1000").env("PYTHONPATH", &ext);
+    cmd.arg("-u")
+        .arg(script("leak_ext.py"))
+        .arg("1000")
+        .env("PYTHONPATH", &ext);
     let target = start(cmd);
     let run = trace(target.pid, 10, &[]);
     let last = run.last();
@@ -136,7 +200,10 @@ fn extension_types_leaking(python: &Path) {
         assert_eq!(r["growing"], true, "{r}");
         assert_rate(r["rate_per_s"].as_f64().unwrap(), 1000.0, 10.0, name);
         // every temporary died: deaths == births - live
-        assert_eq!(r["births"].as_u64().unwrap() - r["live"].as_u64().unwrap(), r["deaths"].as_u64().unwrap());
+        assert_eq!(
+            r["births"].as_u64().unwrap() - r["live"].as_u64().unwrap(),
+            r["deaths"].as_u64().unwrap()
+        );
         assert!(r["deaths"].as_u64().unwrap() > 5_000, "{r}");
     }
     assert_no_losses(&last);
@@ -167,14 +234,33 @@ fn text_report_with_stats() {
     let target = python(&pyenv("3.11.7"), "leak.py", &["500"]);
     let p = target.pid.to_string();
     let run = leakscope(
-        &["trace", "--pid", &p, "--interval", "1", "--duration", "4", "--stats"],
+        &[
+            "trace",
+            "--pid",
+            &p,
+            "--interval",
+            "1",
+            "--duration",
+            "4",
+            "--stats",
+        ],
         std::time::Duration::from_secs(60),
     );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let final_report = run.stdout.split("final report (duration)").nth(1).expect(&run.stdout);
+    let final_report = run
+        .stdout
+        .split("final report (duration)")
+        .nth(1)
+        .expect(&run.stdout);
     assert!(final_report.contains("▲ __main__.Leak"), "{final_report}");
-    assert!(final_report.contains("_Py_NewReference+7"), "{final_report}");
-    assert!(final_report.contains("ns/run (kernel bpf stats)"), "{final_report}");
+    assert!(
+        final_report.contains("_Py_NewReference+7"),
+        "{final_report}"
+    );
+    assert!(
+        final_report.contains("ns/run (kernel bpf stats)"),
+        "{final_report}"
+    );
     assert!(final_report.contains("lost: 0 events"), "{final_report}");
 }
 
@@ -192,12 +278,35 @@ fn other_versions_find_the_leaking_class() {
         let leak = row(&last, "__main__.Leak").unwrap_or_else(|| panic!("{version}: {last}"));
         assert_eq!(leak["growing"], true, "{version}: {leak}");
         // its site, to the line, through this version's frame layout and line table
-        let site = growing_sites(&last).into_iter().find(|s| s["type"] == "__main__.Leak").expect(version);
-        assert_eq!(frame(&site, 0), ("<module>".to_string(), "leak.py".to_string(), marker_line("leak.py", "LEAK-SITE")), "{version}");
+        let site = growing_sites(&last)
+            .into_iter()
+            .find(|s| s["type"] == "__main__.Leak")
+            .expect(version);
+        assert_eq!(
+            frame(&site, 0),
+            (
+                "<module>".to_string(),
+                "leak.py".to_string(),
+                marker_line("leak.py", "LEAK-SITE")
+            ),
+            "{version}"
+        );
         assert_rate(leak["rate_per_s"].as_f64().unwrap(), RATE, 10.0, version);
-        let allowed: &[&str] = if ["3.9.18", "3.10.13"].contains(&version) { &["__main__.Leak", "dict"] } else { &["__main__.Leak"] };
-        for t in last["types"].as_array().unwrap().iter().filter(|t| t["growing"] == true) {
-            assert!(allowed.contains(&t["name"].as_str().unwrap()), "{version}: {t}");
+        let allowed: &[&str] = if ["3.9.18", "3.10.13"].contains(&version) {
+            &["__main__.Leak", "dict"]
+        } else {
+            &["__main__.Leak"]
+        };
+        for t in last["types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["growing"] == true)
+        {
+            assert!(
+                allowed.contains(&t["name"].as_str().unwrap()),
+                "{version}: {t}"
+            );
         }
         assert_no_losses(&last);
     }
@@ -216,15 +325,18 @@ fn containerized_leak(enter: &str) {
         std::os::unix::fs::symlink(format!("usr/{l}"), root.join(l)).unwrap();
     }
     std::fs::copy(script("leak.py"), root.join("app/leak.py")).unwrap();
-    let pyenv_dir = pyenv("3.11.7").parent().unwrap().parent().unwrap().to_path_buf();
+    let pyenv_dir = pyenv("3.11.7")
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let r = root.display();
     let run_python = format!("/opt/py/bin/python3.11 -u /app/leak.py {RATE}");
     let how = enter;
     let enter = match how {
         "chroot" => format!("exec chroot {r} {run_python}"),
-        _ => format!(
-            "cd {r} && pivot_root . old && exec {run_python}"
-        ),
+        _ => format!("cd {r} && pivot_root . old && exec {run_python}"),
     };
     // The root must be a mount point for pivot_root: bind it onto itself first.
     let sh = format!(
@@ -237,16 +349,33 @@ fn containerized_leak(enter: &str) {
         .env("PYTHONHOME", "/opt/py");
     let target = start(cmd);
     let run = trace(target.pid, 10, &[]);
-    assert!(run.stderr.contains("libpython3.11.so.1.0"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("libpython3.11.so.1.0"),
+        "{}",
+        run.stderr
+    );
     if how == "pivot_root" {
         // the path is the container's own, and does not exist on the host
-        assert!(run.stderr.contains("in /opt/py/lib/libpython3.11.so.1.0"), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("in /opt/py/lib/libpython3.11.so.1.0"),
+            "{}",
+            run.stderr
+        );
         assert!(!std::path::Path::new("/opt/py/lib/libpython3.11.so.1.0").exists());
     }
-    assert!(!run.stderr.contains(&format!("in {}", pyenv_dir.display())), "traced the host's file? {}", run.stderr);
+    assert!(
+        !run.stderr.contains(&format!("in {}", pyenv_dir.display())),
+        "traced the host's file? {}",
+        run.stderr
+    );
     let last = run.last();
     assert_eq!(last["types"][0]["name"], "__main__.Leak", "{last}");
-    assert_rate(last["types"][0]["rate_per_s"].as_f64().unwrap(), RATE, 10.0, how);
+    assert_rate(
+        last["types"][0]["rate_per_s"].as_f64().unwrap(),
+        RATE,
+        10.0,
+        how,
+    );
     drop(target);
     let _ = std::fs::remove_dir_all(root);
 }
