@@ -96,14 +96,20 @@ fn debian_311_nested_call_chain_to_the_line() {
     }
 }
 
+/// Traces `script` (leaking RATE objects a second) for 10 s; there must be exactly one
+/// growing site, which is returned.
+fn the_growing_site(python: &Path, script: &str) -> serde_json::Value {
+    let target = crate::support::python(python, script, &[&RATE.to_string()]);
+    let last = trace(target.pid, 10, &[]).last();
+    let mut growing = growing_sites(&last);
+    assert_eq!(growing.len(), 1, "{script}: {growing:#?}");
+    growing.remove(0)
+}
+
 /// thread_leak.py: the leak comes from a worker thread while the main thread churns the same
 /// type: the site is the worker's function, inside threading's Thread.run.
 fn worker_thread(python: &Path) {
-    let target = crate::support::python(python, "thread_leak.py", &[&RATE.to_string()]);
-    let last = trace(target.pid, 10, &[]).last();
-    let growing = growing_sites(&last);
-    assert_eq!(growing.len(), 1, "{growing:#?}");
-    let site = &growing[0];
+    let site = &the_growing_site(python, "thread_leak.py");
     assert_eq!(
         frame(site, 0),
         (
@@ -140,11 +146,7 @@ fn debian_311_worker_thread_leak() {
 
 /// async_leak.py: a coroutine chain on the event loop: handle at its line, awaited by serve.
 fn asyncio_task(python: &Path) {
-    let target = crate::support::python(python, "async_leak.py", &[&RATE.to_string()]);
-    let last = trace(target.pid, 10, &[]).last();
-    let growing = growing_sites(&last);
-    assert_eq!(growing.len(), 1, "{growing:#?}");
-    let site = &growing[0];
+    let site = &the_growing_site(python, "async_leak.py");
     assert_eq!(
         frame(site, 0),
         (
