@@ -28,8 +28,10 @@ pub const NEEDS_PRIVILEGES: &str = "leakscope needs root, or the capabilities CA
     version,
     about = "Find memory leaks in running Python processes, from outside, with eBPF",
     long_about = "Find memory leaks in running Python processes, from outside, with eBPF.\n\n\
-        leakscope attaches uprobes to the target's interpreter (no restart, no code change, \
-        nothing injected: the target is only read) and reports which object types keep growing."
+        `trace` attaches uprobes to the target's interpreter and reports which object types, and \
+        which allocation sites (Python stacks), keep growing. `census` counts live objects by type \
+        from the garbage collector's own lists, with no probes. No restart, no code change, nothing \
+        injected: the target is only read (except `census --pause`, which stops it briefly)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,7 +40,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Trace object births and deaths in a running CPython and report growth by type.
+    /// Trace object births and deaths in a running CPython; report growth by type and by
+    /// allocation site.
     #[command(after_help = "\
 Examples:
   sudo leakscope trace --pid 1234                     report every 5 s until Ctrl-C
