@@ -169,3 +169,24 @@ fn census_says_what_it_cannot_see() {
     assert!(run.stdout.contains("use `leakscope trace` for those"));
     assert!(run.stdout.contains("(target running)"));
 }
+
+/// A census walks every interpreter: objects kept in a subinterpreter are counted too.
+#[test]
+fn census_walks_every_interpreter() {
+    if !privileged() {
+        return;
+    }
+    let pythons = [
+        ("pyenv 3.11.7", pyenv("3.11.7")),
+        ("pyenv 3.12.1", pyenv("3.12.1")),
+        ("pyenv 3.13.0", pyenv("3.13.0")),
+        ("Debian 3.11", debian_python()),
+    ];
+    for (label, python) in pythons {
+        let target = crate::support::python(&python, "subinterp.py", &[]);
+        let report = &census(target.pid, &["--pause"])[0];
+        assert_eq!(report["walk"]["interpreters"], 2, "{label}");
+        assert_eq!(count(report, "__main__.Main"), 1234, "{label}");
+        assert_eq!(count(report, "__main__.Sub"), 777, "{label}");
+    }
+}
