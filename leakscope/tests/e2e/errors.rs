@@ -53,30 +53,26 @@ fn unsupported_version_names_the_supported_ones() {
     );
 }
 
+/// Runs leakscope as `nobody`, with no capabilities at all.
+fn as_nobody(args: &[&str]) -> Run {
+    leakscope_cmd(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+            .arg(env!("CARGO_BIN_EXE_leakscope"))
+            .args(args),
+        QUICK,
+    )
+}
+
 #[test]
 fn no_privileges_names_the_capabilities() {
     if !privileged() {
         return;
     }
     let target = python(&pyenv("3.11.7"), "leak.py", &["10"]);
-    // Drop to `nobody` with no capabilities at all.
-    let run = leakscope_cmd(
-        Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--inh-caps=-all",
-                "--bounding-set=-all",
-            ])
-            .arg(env!("CARGO_BIN_EXE_leakscope"))
-            .args(["trace", "--pid", &target.pid.to_string()]),
-        QUICK,
-    );
-    one_line_error(
-        &run,
-        "needs root, or the capabilities CAP_BPF and CAP_PERFMON",
-    );
+    let pid = target.pid.to_string();
+    one_line_error(&as_nobody(&["trace", "--pid", &pid]), "needs root, or the capabilities CAP_BPF and CAP_PERFMON");
+    one_line_error(&as_nobody(&["census", "--pid", &pid]), "census needs root, or CAP_SYS_PTRACE");
 }
 
 #[test]
