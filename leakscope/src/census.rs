@@ -19,6 +19,17 @@ const MAX_RESTARTS: usize = 100;
 /// `PyDictObject` with its GC head (48 + 16); its key table and values are not included.
 const DICT_OBJECT_BYTES: u64 = 64;
 
+/// Counts a restart of a list walk; true when the list must be given up (cut) instead.
+fn out_of_restarts(restarts: &mut usize, stats: &mut WalkStats) -> bool {
+    *restarts += 1;
+    stats.restarts += 1;
+    if *restarts > MAX_RESTARTS {
+        stats.lists_cut += 1;
+        return true;
+    }
+    false
+}
+
 fn word(buf: &[u8], i: usize) -> u64 {
     u64::from_le_bytes(buf[i * 8..i * 8 + 8].try_into().unwrap())
 }
@@ -34,7 +45,7 @@ pub struct WalkStats {
     /// List walks restarted from the head because a link and its back-link disagreed (the
     /// heap moved) and could not be resynchronized.
     pub restarts: u64,
-    /// Lists given up (after MAX_RESTARTS, or a loop): objects past the cut are missing.
+    /// Lists given up after MAX_RESTARTS: objects past the cut are missing.
     pub lists_cut: u64,
     /// The walk reached MAX_OBJECTS.
     pub bounded: bool,
@@ -49,13 +60,48 @@ pub struct Census {
     pub stats: WalkStats,
 }
 
-pub struct Walker<'a> {
-    pub mem: Memory,
-    pub layout: GcLayout,
+/// What a census reads: the target's memory, where its GC lists are, and the two runtime
+/// addresses the walk needs.
+#[derive(Clone, Copy)]
+pub struct Heap {
+    mem: Memory,
+    layout: GcLayout,
+    version: python::Version,
     /// Runtime address of `_PyRuntime` and `PyType_Type`.
-    pub runtime: u64,
-    pub type_type: u64,
-    pub resolver: &'a mut Resolver,
+    runtime: u64,
+    type_type: u64,
+}
+
+impl Heap {
+    /// GC list offsets: 3.13+ from the interpreter's own `_Py_DebugOffsets` (see
+    /// `python::gc_layout_from`), earlier versions from the table.
+    pub fn of(
+        process: &crate::process::Process,
+        interp: &crate::interpreter::Interpreter,
+    ) -> anyhow::Result<Heap> {
+        use anyhow::Context;
+        let layout = python::gc_layout_from(interp.version, interp.binary.section(".PyRuntime"))
+            .map_err(anyhow::Error::msg)?;
+        Ok(Heap {
+            mem: process.memory(),
+            layout,
+            version: interp.version,
+            runtime: interp
+                .runtime_addr("_PyRuntime")
+                .context("_PyRuntime not found")?,
+            type_type: interp
+                .runtime_addr("PyType_Type")
+                .context("PyType_Type not found")?,
+        })
+    }
+}
+
+pub struct Walker<'a> {
+    mem: Memory,
+    layout: GcLayout,
+    runtime: u64,
+    type_type: u64,
+    resolver: &'a mut Resolver,
     valid_types: HashMap<u64, bool>,
     version: python::Version,
     /// Values bytes per heap type (from its shared keys), read once per census.
@@ -63,14 +109,14 @@ pub struct Walker<'a> {
 }
 
 impl<'a> Walker<'a> {
-    pub fn new(
-        mem: Memory,
-        layout: GcLayout,
-        version: python::Version,
-        runtime: u64,
-        type_type: u64,
-        resolver: &'a mut Resolver,
-    ) -> Self {
+    pub fn new(heap: &Heap, resolver: &'a mut Resolver) -> Self {
+        let Heap {
+            mem,
+            layout,
+            version,
+            runtime,
+            type_type,
+        } = *heap;
         Walker {
             mem,
             layout,
@@ -145,19 +191,15 @@ impl<'a> Walker<'a> {
         ok
     }
 
+    /// One census: every interpreter's lists, then its gc.garbage.
     pub fn run(&mut self) -> Census {
         let mut census = Census {
             types: HashMap::new(),
             garbage: HashMap::new(),
             stats: WalkStats::default(),
         };
-        let mut interp = self
-            .mem
-            .u64(self.runtime + self.layout.interpreters_head)
-            .unwrap_or(0);
-        let mut seen_interps = HashSet::new();
         let mut seen = HashSet::new();
-        while interp != 0 && seen_interps.insert(interp) && seen_interps.len() <= MAX_INTERPRETERS {
+        for interp in self.interpreters() {
             census.stats.interpreters += 1;
             let gc = interp + self.layout.interp_gc;
             let heads: Vec<u64> = (0..3)
@@ -168,9 +210,22 @@ impl<'a> Walker<'a> {
                 self.walk_list(head, &heads, &mut census, &mut seen);
             }
             self.read_garbage(gc + python::GC_GARBAGE, &mut census);
-            interp = self.mem.u64(interp + self.layout.interp_next).unwrap_or(0);
         }
         census
+    }
+
+    /// The interpreters, in list order.
+    fn interpreters(&self) -> Vec<u64> {
+        let mut out = vec![];
+        let mut interp = self
+            .mem
+            .u64(self.runtime + self.layout.interpreters_head)
+            .unwrap_or(0);
+        while interp != 0 && !out.contains(&interp) && out.len() < MAX_INTERPRETERS {
+            out.push(interp);
+            interp = self.mem.u64(interp + self.layout.interp_next).unwrap_or(0);
+        }
+        out
     }
 
     /// Walks one circular list of `PyGC_Head`s anchored at `head`.
@@ -181,7 +236,8 @@ impl<'a> Walker<'a> {
     /// once per census however often they are passed (`seen`), and only when reached through
     /// a consistent link and validated.
     /// Reaching another list's head means our list was merged into it while we walked (a
-    /// collection promoting a generation): the rest is counted when that list is walked.
+    /// collection promoting a generation; our head is then empty) or that we were led off it
+    /// through a freed and reused node (our head is not empty: restart).
     fn walk_list(
         &mut self,
         head: u64,
@@ -197,6 +253,7 @@ impl<'a> Walker<'a> {
         let mut restarts = 0;
         'restart: loop {
             let mut pass = HashSet::new();
+            let mut since_new = 0;
             let mut prev = head;
             let Ok(first) = self.mem.u64(head) else {
                 census.stats.lists_cut += 1;
@@ -205,16 +262,42 @@ impl<'a> Walker<'a> {
             let mut g = first & !3;
             while g != head {
                 if heads.contains(&g) {
-                    return;
+                    // A collection merged our list into an older one (which leaves our
+                    // head empty): the rest is counted with that list. Otherwise a node we
+                    // came through was freed and reused in another list: start over.
+                    if self.mem.u64(head).is_ok_and(|n| n & !3 == head) {
+                        return;
+                    }
+                    if out_of_restarts(&mut restarts, &mut census.stats) {
+                        return;
+                    }
+                    continue 'restart;
                 }
                 if census.stats.objects >= MAX_OBJECTS {
                     census.stats.bounded = true;
                     return;
                 }
-                if g == 0 || !pass.insert(g) {
-                    // A loop that never comes back to the head: corrupt or torn beyond repair.
-                    census.stats.lists_cut += 1;
-                    return;
+                if g == 0 {
+                    if out_of_restarts(&mut restarts, &mut census.stats) {
+                        return;
+                    }
+                    continue 'restart;
+                }
+                if pass.insert(g) {
+                    since_new = 0;
+                } else {
+                    // Seen in this pass already: lists are relinked under us (blocks reused
+                    // at the tail, a collection moving nodes through its own temporary
+                    // lists). Keep going, nothing is counted twice; but going round for
+                    // longer than the pass has run means we are circling a list that is not
+                    // ours: start over.
+                    since_new += 1;
+                    if since_new > pass.len().max(1000) {
+                        if out_of_restarts(&mut restarts, &mut census.stats) {
+                            return;
+                        }
+                        continue 'restart;
+                    }
                 }
                 let read = self.mem.read(g - 16, &mut buf).is_ok() || {
                     buf[..16].fill(0);
@@ -226,10 +309,7 @@ impl<'a> Walker<'a> {
                         g = next;
                         continue;
                     }
-                    restarts += 1;
-                    census.stats.restarts += 1;
-                    if restarts > MAX_RESTARTS {
-                        census.stats.lists_cut += 1;
+                    if out_of_restarts(&mut restarts, &mut census.stats) {
                         return;
                     }
                     continue 'restart;

@@ -38,6 +38,11 @@ fn minor_from_exe_name(path: &str) -> Option<u32> {
 }
 
 impl Interpreter {
+    /// Where a symbol of the interpreter file lives in the target.
+    pub fn runtime_addr(&self, name: &str) -> Option<u64> {
+        self.binary.symbol(name).map(|(vaddr, _)| vaddr + self.bias)
+    }
+
     pub fn find(process: &Process) -> Result<Interpreter> {
         let maps = process.maps()?;
         // One mapping per file (the one at file offset 0).

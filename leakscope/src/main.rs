@@ -19,6 +19,12 @@ use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+// Capability bits (linux/capability.h).
+const CAP_SYS_PTRACE: u32 = 19;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
 pub const NEEDS_PRIVILEGES: &str = "leakscope needs root, or the capabilities CAP_BPF and \
     CAP_PERFMON (to load and attach the probes) and CAP_SYS_PTRACE (to read the target's memory)";
 
@@ -171,11 +177,7 @@ fn main() {
 fn has_privileges() -> bool {
     let caps = capabilities();
     let has = |bit: u32| caps & (1 << bit) != 0;
-    const SYS_PTRACE: u32 = 19;
-    const SYS_ADMIN: u32 = 21;
-    const PERFMON: u32 = 38;
-    const BPF: u32 = 39;
-    has(SYS_PTRACE) && (has(SYS_ADMIN) || (has(BPF) && has(PERFMON)))
+    has(CAP_SYS_PTRACE) && (has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)))
 }
 
 fn trace(args: TraceArgs) -> Result<()> {
@@ -196,12 +198,12 @@ fn trace(args: TraceArgs) -> Result<()> {
     };
     let symbolizer = stack_config.and_then(|_| {
         let layout = python::stack_layout(interp.version)?;
-        let (code_type, _) = interp.binary.symbol("PyCode_Type")?;
+        let code_type = interp.runtime_addr("PyCode_Type")?;
         Some(stacks::Symbolizer::new(
             process.memory(),
             interp.version,
             layout,
-            code_type + interp.bias,
+            code_type,
         ))
     });
     let mut tracer = tracer::Tracer::attach(
@@ -238,7 +240,9 @@ fn trace(args: TraceArgs) -> Result<()> {
         events: Vec::with_capacity(1 << 16),
     };
     let census = if plan.coverage == plan::Coverage::Partial && !args.no_census {
-        census_source(&process, &interp).ok()
+        census::Heap::of(&process, &interp)
+            .ok()
+            .map(|heap| (heap, aggregate::CensusTrend::default()))
     } else {
         None
     };
@@ -336,32 +340,7 @@ struct Session<'a> {
     pid: u32,
     started: Instant,
     /// Partial builds: the census that adds rows for what the probes cannot see.
-    census: Option<CensusSource>,
-}
-
-/// What `trace` needs to take a census at each report.
-struct CensusSource {
-    mem: process::Memory,
-    layout: python::GcLayout,
-    version: python::Version,
-    runtime: u64,
-    type_type: u64,
-    trend: aggregate::CensusTrend,
-}
-
-fn census_source(
-    process: &process::Process,
-    interp: &interpreter::Interpreter,
-) -> Result<CensusSource> {
-    let symbol = |name: &str| interp.binary.symbol(name).map(|(a, _)| a + interp.bias);
-    Ok(CensusSource {
-        mem: process.memory(),
-        layout: gc_layout_for(interp)?,
-        version: interp.version,
-        runtime: symbol("_PyRuntime").context("_PyRuntime")?,
-        type_type: symbol("PyType_Type").context("PyType_Type")?,
-        trend: aggregate::CensusTrend::default(),
-    })
+    census: Option<(census::Heap, aggregate::CensusTrend)>,
 }
 
 impl Session<'_> {
@@ -385,11 +364,9 @@ impl Session<'_> {
                 .unwrap_or_else(|| format!("<type {t:#x}>"))
         });
         let mut census_ms = None;
-        if let Some(c) = &mut self.census {
+        if let Some((heap, trend)) = &mut self.census {
             let walk_started = Instant::now();
-            let result =
-                census::Walker::new(c.mem, c.layout, c.version, c.runtime, c.type_type, resolver)
-                    .run();
+            let result = census::Walker::new(heap, resolver).run();
             census_ms = Some(walk_started.elapsed().as_secs_f64() * 1e3);
             let unseen: census::Counts = result
                 .types
@@ -397,7 +374,7 @@ impl Session<'_> {
                 .filter(|(t, _)| resolver.get(*t).is_some_and(|i| !i.tracked))
                 .collect();
             let mut name = |t: u64| resolver.get(t).map(|i| i.name.clone()).unwrap_or_default();
-            types.extend(c.trend.add(elapsed, &unseen, &mut name));
+            types.extend(trend.add(elapsed, &unseen, &mut name));
             aggregate::sort_rows(&mut types);
         }
         resolver.revalidate();
@@ -550,15 +527,11 @@ impl Session<'_> {
 
 fn census(args: CensusArgs) -> Result<()> {
     let process = process::Process::open(args.pid)?;
-    let caps = capabilities();
-    if caps & (1 << 19) == 0 {
+    if capabilities() & (1 << CAP_SYS_PTRACE) == 0 {
         bail!("leakscope census needs root, or CAP_SYS_PTRACE (to read the target's memory)");
     }
     let interp = interpreter::Interpreter::find(&process)?;
-    let layout = gc_layout_for(&interp)?;
-    let symbol = |name: &str| interp.binary.symbol(name).map(|(a, _)| a + interp.bias);
-    let runtime = symbol("_PyRuntime").context("_PyRuntime not found")?;
-    let type_type = symbol("PyType_Type").context("PyType_Type not found")?;
+    let heap = census::Heap::of(&process, &interp)?;
     let mut resolver = types::Resolver::new(
         process.memory(),
         interp.version,
@@ -603,15 +576,7 @@ fn census(args: CensusArgs) -> Result<()> {
         } else {
             None
         };
-        let result = census::Walker::new(
-            process.memory(),
-            layout,
-            interp.version,
-            runtime,
-            type_type,
-            &mut resolver,
-        )
-        .run();
+        let result = census::Walker::new(&heap, &mut resolver).run();
         let walk_ms = walk_started.elapsed().as_secs_f64() * 1e3;
         let paused_ms = paused.map(|p| p.resume().as_secs_f64() * 1e3);
         snapshot += 1;
@@ -644,12 +609,6 @@ fn census(args: CensusArgs) -> Result<()> {
         out.flush()?;
     }
     Ok(())
-}
-
-/// GC list offsets for this interpreter (see `python::gc_layout_from`).
-fn gc_layout_for(interp: &interpreter::Interpreter) -> Result<python::GcLayout> {
-    python::gc_layout_from(interp.version, interp.binary.section(".PyRuntime"))
-        .map_err(anyhow::Error::msg)
 }
 
 /// CapEff of /proc/self/status.

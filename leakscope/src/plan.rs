@@ -296,7 +296,7 @@ fn writes_register(i: &iced_x86::Instruction, reg: Register) -> bool {
 pub fn stack_config(interp: &Interpreter, timing: bool) -> Option<leakscope_common::StackConfig> {
     use leakscope_common::{FRAME_WINDOW_WORDS, NO_OFFSET, StackConfig};
     let l = crate::python::stack_layout(interp.version)?;
-    let (runtime, _) = interp.binary.symbol("_PyRuntime")?;
+    let runtime = interp.runtime_addr("_PyRuntime")?;
     let read = l.frame_code.max(l.frame_prev).max(l.frame_instr) + 8;
     if read > 8 * FRAME_WINDOW_WORDS as u64 {
         return None;
@@ -306,7 +306,7 @@ pub fn stack_config(interp: &Interpreter, timing: bool) -> Option<leakscope_comm
         code_word: (l.frame_code / 8) as u32,
         prev_word: (l.frame_prev / 8) as u32,
         instr_word: (l.frame_instr / 8) as u32,
-        tstate_addr: runtime + interp.bias + l.runtime_off,
+        tstate_addr: runtime + l.runtime_off,
         gil_ptr_off: l.gil_ptr_off.unwrap_or(0),
         gil_holder_off: 8,
         gil_locked_off: 16,

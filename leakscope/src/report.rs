@@ -261,11 +261,7 @@ pub fn text(report: &Report, top: usize) -> String {
     }
     if let Some(programs) = &report.programs {
         for p in programs {
-            let per = if p.runs > 0 {
-                p.run_time_ns / p.runs
-            } else {
-                0
-            };
+            let per = p.run_time_ns.checked_div(p.runs).unwrap_or(0);
             let _ = writeln!(
                 s,
                 "  bpf program {:<14} {:>12} runs {:>8} ns/run (kernel bpf stats)",

@@ -57,7 +57,13 @@ fn unsupported_version_names_the_supported_ones() {
 fn as_nobody(args: &[&str]) -> Run {
     leakscope_cmd(
         Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+            ])
             .arg(env!("CARGO_BIN_EXE_leakscope"))
             .args(args),
         QUICK,
@@ -71,8 +77,14 @@ fn no_privileges_names_the_capabilities() {
     }
     let target = python(&pyenv("3.11.7"), "leak.py", &["10"]);
     let pid = target.pid.to_string();
-    one_line_error(&as_nobody(&["trace", "--pid", &pid]), "needs root, or the capabilities CAP_BPF and CAP_PERFMON");
-    one_line_error(&as_nobody(&["census", "--pid", &pid]), "census needs root, or CAP_SYS_PTRACE");
+    one_line_error(
+        &as_nobody(&["trace", "--pid", &pid]),
+        "needs root, or the capabilities CAP_BPF and CAP_PERFMON",
+    );
+    one_line_error(
+        &as_nobody(&["census", "--pid", &pid]),
+        "census needs root, or CAP_SYS_PTRACE",
+    );
 }
 
 #[test]
