@@ -8,96 +8,12 @@
 //! stream; everywhere, each report re-reads a fingerprint of every cached code object. Either
 //! way the entry drops together with the kernel stacks that used it, so later births
 //! re-symbolize (objects already counted keep the site they were born at).
-use crate::linetable;
-use crate::process::Memory;
-use crate::python::{self, Instr, StackLayout};
+use crate::cpython::linetable;
+use crate::cpython::{self, Instr, StackLayout};
+use crate::model::sites::{Frame, Site, Sites};
+use crate::target::Mem;
 use hashbrown::{HashMap, HashSet};
 use leakscope_common::RawStack;
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub struct Frame {
-    pub function: String,
-    pub file: String,
-    /// `None` where CPython reports no line for the instruction.
-    pub line: Option<i32>,
-}
-
-impl Frame {
-    pub fn label(&self) -> String {
-        match self.line {
-            Some(l) => format!("{} ({}:{l})", self.function, self.file),
-            None => format!("{} ({})", self.function, self.file),
-        }
-    }
-}
-
-/// A symbolized stack, innermost frame first.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Site {
-    pub frames: Vec<Frame>,
-    /// The walk stopped before the outermost frame (depth limit or unreadable frame).
-    pub truncated: bool,
-}
-
-/// Interned sites; id 0 is "no stack captured".
-pub struct Sites {
-    list: Vec<Site>,
-    index: HashMap<Site, u32>,
-}
-
-impl Default for Sites {
-    fn default() -> Self {
-        let none = Site::default();
-        Sites {
-            list: vec![none.clone()],
-            index: HashMap::from_iter([(none, 0)]),
-        }
-    }
-}
-
-impl Sites {
-    pub fn intern(&mut self, site: Site) -> u32 {
-        if let Some(&id) = self.index.get(&site) {
-            return id;
-        }
-        let id = self.list.len() as u32;
-        self.list.push(site.clone());
-        self.index.insert(site, id);
-        id
-    }
-
-    pub fn get(&self, id: u32) -> &Site {
-        &self.list[id as usize]
-    }
-}
-
-/// Folded stacks (`outer;…;inner;leaf count`), sorted, one per `(site, leaf, count)`.
-/// Flamegraph tools read this; `;` inside names is replaced so it cannot split a frame.
-pub fn folded(entries: &[(&Site, String, u64)]) -> String {
-    let clean = |s: &str| s.replace(';', ":");
-    let mut lines: Vec<String> = entries
-        .iter()
-        .filter(|(_, _, count)| *count > 0)
-        .map(|(site, leaf, count)| {
-            let mut parts: Vec<String> = Vec::new();
-            if site.frames.is_empty() {
-                parts.push("[no Python stack]".into());
-            }
-            if site.truncated {
-                parts.push("[truncated]".into());
-            }
-            parts.extend(site.frames.iter().rev().map(|f| clean(&f.label())));
-            parts.push(clean(leaf));
-            format!("{} {count}", parts.join(";"))
-        })
-        .collect();
-    lines.sort();
-    let mut out = lines.join("\n");
-    if !out.is_empty() {
-        out.push('\n');
-    }
-    out
-}
 
 struct CodeInfo {
     function: String,
@@ -109,9 +25,9 @@ struct CodeInfo {
 }
 
 pub struct Symbolizer {
-    mem: Memory,
+    mem: Mem,
     layout: StackLayout,
-    version: python::Version,
+    version: cpython::Version,
     /// Runtime address of `PyCode_Type`: frames whose "code" is anything else (3.13's entry
     /// frames hold None) are skipped.
     code_type: u64,
@@ -124,7 +40,7 @@ pub struct Symbolizer {
 }
 
 impl Symbolizer {
-    pub fn new(mem: Memory, version: python::Version, layout: StackLayout, code_type: u64) -> Self {
+    pub fn new(mem: Mem, version: cpython::Version, layout: StackLayout, code_type: u64) -> Self {
         Symbolizer {
             mem,
             layout,
@@ -219,12 +135,12 @@ impl Symbolizer {
         let table_obj = self.mem.u64(code + l.co_linetable).ok()?;
         let len = self
             .mem
-            .u64(table_obj + python::BYTES_SIZE)
+            .u64(table_obj + cpython::BYTES_SIZE)
             .ok()?
             .min(1 << 20);
         let mut table = vec![0u8; len as usize];
         self.mem
-            .read(table_obj + python::BYTES_DATA, &mut table)
+            .read(table_obj + cpython::BYTES_DATA, &mut table)
             .ok()?;
         Some(CodeInfo {
             function,
@@ -237,16 +153,16 @@ impl Symbolizer {
 
     /// A `str`: compact ASCII or compact UTF-8-representable (1-byte kind) text.
     fn str(&self, s: u64) -> Option<String> {
-        let len = self.mem.u64(s + python::STR_LENGTH).ok()?;
-        let state = self.mem.u64(s + python::STR_STATE).ok()? as u32;
+        let len = self.mem.u64(s + cpython::STR_LENGTH).ok()?;
+        let state = self.mem.u64(s + cpython::STR_STATE).ok()? as u32;
         let (kind, compact, ascii) = ((state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1);
         if compact == 0 || len > 4096 {
             return None;
         }
         let data = s + if ascii == 1 {
-            python::ascii_data_offset(self.version)
+            cpython::ascii_data_offset(self.version)
         } else {
-            python::compact_data_offset(self.version)
+            cpython::compact_data_offset(self.version)
         };
         let mut buf = vec![0u8; (len * kind.max(1) as u64) as usize];
         self.mem.read(data, &mut buf).ok()?;
@@ -311,74 +227,5 @@ impl Symbolizer {
         }
         self.codes.retain(|a, _| !stale.contains(a));
         self.forget_stacks(&stale);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn f(function: &str, line: i32) -> Frame {
-        Frame {
-            function: function.into(),
-            file: "app.py".into(),
-            line: Some(line),
-        }
-    }
-
-    #[test]
-    fn interning_gives_stable_ids() {
-        let mut sites = Sites::default();
-        let a = Site {
-            frames: vec![f("leak", 3), f("main", 9)],
-            truncated: false,
-        };
-        let b = Site {
-            frames: vec![f("leak", 4), f("main", 9)],
-            truncated: false,
-        };
-        assert_eq!(sites.intern(a.clone()), 1);
-        assert_eq!(sites.intern(b), 2);
-        assert_eq!(sites.intern(a.clone()), 1);
-        assert_eq!(sites.get(1), &a);
-        assert_eq!(sites.get(0).frames.len(), 0);
-    }
-
-    #[test]
-    fn folded_snapshot() {
-        let a = Site {
-            frames: vec![f("Handler.leak", 3), f("<module>", 9)],
-            truncated: false,
-        };
-        let deep = Site {
-            frames: vec![f("rec", 5)],
-            truncated: true,
-        };
-        let none = Site::default();
-        let got = folded(&[
-            (&deep, "dict (10 live)".into(), 640),
-            (&a, "__main__.Leak (2,000 live)".into(), 112_000),
-            (&none, "float (3 live)".into(), 72),
-            (&a, "ignored".into(), 0),
-        ]);
-        let want = "\
-<module> (app.py:9);Handler.leak (app.py:3);__main__.Leak (2,000 live) 112000
-[no Python stack];float (3 live) 72
-[truncated];rec (app.py:5);dict (10 live) 640
-";
-        assert_eq!(got, want);
-    }
-
-    #[test]
-    fn semicolons_cannot_split_frames() {
-        let s = Site {
-            frames: vec![Frame {
-                function: "a;b".into(),
-                file: "x;y.py".into(),
-                line: None,
-            }],
-            truncated: false,
-        };
-        assert_eq!(folded(&[(&s, "T".into(), 1)]), "a:b (x:y.py);T 1\n");
     }
 }

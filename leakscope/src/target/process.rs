@@ -1,7 +1,8 @@
 //! The target process as seen through `/proc`: existence, memory maps, its files (through
 //! `/proc/<pid>/root`, so chroots and containers work) and reads of its memory.
 //! Read-only by construction: nothing here can write to or stop the target.
-use anyhow::{Context, Result, bail};
+use super::memory::{Mem, Memory, ReadError, ReadResult};
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 
 #[derive(Clone, Debug)]
@@ -72,8 +73,8 @@ impl Process {
         }
     }
 
-    pub fn memory(&self) -> Memory {
-        Memory { pid: self.pid }
+    pub fn memory(&self) -> Mem {
+        std::sync::Arc::new(ProcessMemory { pid: self.pid })
     }
 }
 
@@ -109,15 +110,15 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
         .collect()
 }
 
-/// Reads of the target's memory with `process_vm_readv` (needs ptrace access: root or
+/// The target's memory, read with `process_vm_readv` (needs ptrace access: root or
 /// CAP_SYS_PTRACE). Every read can fail on a running heap; callers treat failure as data.
 #[derive(Clone, Copy)]
-pub struct Memory {
+pub struct ProcessMemory {
     pid: u32,
 }
 
-impl Memory {
-    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+impl Memory for ProcessMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> ReadResult<()> {
         let local = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
@@ -127,40 +128,13 @@ impl Memory {
             iov_len: buf.len(),
         };
         let n = unsafe { libc::process_vm_readv(self.pid as i32, &local, 1, &remote, 1, 0) };
-        if n < 0 {
-            bail!(
-                "reading {} bytes at {addr:#x}: {}",
-                buf.len(),
-                std::io::Error::last_os_error()
-            );
-        }
-        if n as usize != buf.len() {
-            bail!("short read at {addr:#x}");
+        if n < 0 || n as usize != buf.len() {
+            return Err(ReadError {
+                addr,
+                len: buf.len(),
+            });
         }
         Ok(())
-    }
-
-    pub fn u64(&self, addr: u64) -> Result<u64> {
-        let mut b = [0u8; 8];
-        self.read(addr, &mut b)?;
-        Ok(u64::from_le_bytes(b))
-    }
-
-    /// A NUL-terminated string of at most `max` bytes.
-    pub fn cstr(&self, addr: u64, max: usize) -> Result<String> {
-        let mut out = Vec::new();
-        let mut chunk = [0u8; 64];
-        while out.len() < max {
-            // Don't cross a page boundary in one read: the next page may be unmapped.
-            let room = (4096 - (addr as usize + out.len()) % 4096).min(chunk.len());
-            self.read(addr + out.len() as u64, &mut chunk[..room])?;
-            if let Some(nul) = chunk[..room].iter().position(|&b| b == 0) {
-                out.extend_from_slice(&chunk[..nul]);
-                return Ok(String::from_utf8_lossy(&out).into_owned());
-            }
-            out.extend_from_slice(&chunk[..room]);
-        }
-        bail!("string at {addr:#x} longer than {max} bytes")
     }
 }
 

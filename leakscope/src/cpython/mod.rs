@@ -3,6 +3,8 @@
 //! are CPython's headers for each version (x86_64, GIL builds) and
 //! `shared/notes/cpython-internals.md`, where each number was checked on this machine.
 
+pub mod linetable;
+
 /// Versions `trace` supports; anything else is refused with this list in the message.
 pub const SUPPORTED: &str = "3.9, 3.10, 3.11, 3.12 and 3.13";
 
@@ -232,11 +234,11 @@ pub struct StackLayout {
     /// `co_qualname` (3.11+); `co_name` before.
     pub co_qualname: Option<u64>,
     pub co_linetable: u64,
-    pub table: crate::linetable::TableKind,
+    pub table: crate::cpython::linetable::TableKind,
 }
 
 pub fn stack_layout(v: Version) -> Option<StackLayout> {
-    use crate::linetable::TableKind::*;
+    use crate::cpython::linetable::TableKind::*;
     Some(match v.minor {
         // PyFrameObject: f_back 24, f_code 32, f_lasti 104 (3.9) / 96 (3.10).
         9 | 10 => StackLayout {

@@ -1,8 +1,8 @@
 //! Type objects of the target, resolved from its memory and cached by address:
 //! name (module-qualified for heap types), sizes, flags, and whether this build's probes
 //! see every birth and death of the type's instances.
-use crate::process::Memory;
-use crate::python::{self, Version, dict};
+use crate::cpython::{self, Version, dict};
+use crate::target::Mem;
 use hashbrown::HashMap;
 
 #[derive(Clone, Debug)]
@@ -20,7 +20,7 @@ pub struct TypeInfo {
 }
 
 pub struct Resolver {
-    mem: Memory,
+    mem: Mem,
     version: Version,
     /// Address ranges of the interpreter image (its static types live there).
     interpreter: Vec<(u64, u64)>,
@@ -31,12 +31,7 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    pub fn new(
-        mem: Memory,
-        version: Version,
-        interpreter: Vec<(u64, u64)>,
-        all_types: bool,
-    ) -> Self {
+    pub fn new(mem: Mem, version: Version, interpreter: Vec<(u64, u64)>, all_types: bool) -> Self {
         Resolver {
             mem,
             version,
@@ -65,26 +60,26 @@ impl Resolver {
     /// Drops cache entries whose type object was replaced (heap types can be freed and their
     /// address reused). Called once per report: one read per cached heap type.
     pub fn revalidate(&mut self) {
-        let mem = self.mem;
+        let mem = &self.mem;
         self.cache.retain(|&addr, info| {
             !info.heap
                 || mem
-                    .u64(addr + python::TP_NAME)
+                    .u64(addr + cpython::TP_NAME)
                     .is_ok_and(|p| p == info.tp_name)
         });
     }
 
     fn resolve(&self, t: u64) -> Option<TypeInfo> {
         let mut raw = [0u8; 24];
-        self.mem.read(t + python::TP_NAME, &mut raw).ok()?;
+        self.mem.read(t + cpython::TP_NAME, &mut raw).ok()?;
         let word = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap());
         let (tp_name, basicsize, itemsize) = (word(0), word(1), word(2));
-        let flags = self.mem.u64(t + python::TP_FLAGS).ok()?;
+        let flags = self.mem.u64(t + cpython::TP_FLAGS).ok()?;
         if basicsize == 0 || basicsize > 1 << 20 {
             return None; // not a type object
         }
         let short = self.mem.cstr(tp_name, 256).ok()?;
-        let heap = flags & python::TPFLAGS_HEAPTYPE != 0;
+        let heap = flags & cpython::TPFLAGS_HEAPTYPE != 0;
         let name = if heap && !short.contains('.') {
             match self.module_of(t) {
                 Some(m) if m != "builtins" => format!("{m}.{short}"),
@@ -98,7 +93,7 @@ impl Resolver {
             name,
             basicsize,
             itemsize,
-            preheader: python::preheader_size(self.version, flags),
+            preheader: cpython::preheader_size(self.version, flags),
             flags,
             heap,
             tracked: self.all_types || heap || !in_interpreter,
@@ -108,7 +103,7 @@ impl Resolver {
 
     /// `type.__module__` of a heap type: the `__module__` entry of its `tp_dict`.
     fn module_of(&self, t: u64) -> Option<String> {
-        let d = self.mem.u64(t + python::TP_DICT).ok()?;
+        let d = self.mem.u64(t + cpython::TP_DICT).ok()?;
         let keys = self.mem.u64(d + dict::MA_KEYS).ok()?;
         let (entries, n, stride, key_at) = if self.version.minor >= 11 {
             let mut h = [0u8; 3];
@@ -144,15 +139,15 @@ impl Resolver {
 
     /// A compact ASCII `str` (names of modules and attributes are).
     fn ascii(&self, s: u64) -> Option<String> {
-        let len = self.mem.u64(s + python::STR_LENGTH).ok()?;
-        let state = self.mem.u64(s + python::STR_STATE).ok()? as u32;
+        let len = self.mem.u64(s + cpython::STR_LENGTH).ok()?;
+        let state = self.mem.u64(s + cpython::STR_STATE).ok()? as u32;
         let (compact, ascii) = (state >> 5 & 1, state >> 6 & 1);
         if compact == 0 || ascii == 0 || len > 512 {
             return None;
         }
         let mut buf = vec![0u8; len as usize];
         self.mem
-            .read(s + python::ascii_data_offset(self.version), &mut buf)
+            .read(s + cpython::ascii_data_offset(self.version), &mut buf)
             .ok()?;
         String::from_utf8(buf).ok()
     }

@@ -1,9 +1,9 @@
 //! Finding the CPython interpreter inside a target: the mapped `libpython3.X.so`, or for
 //! static builds the executable itself; its version read from the file, never by running
 //! anything; and where it is loaded.
-use crate::elf::Binary;
-use crate::process::{Mapping, Process};
-use crate::python::{self, Version};
+use crate::cpython::{self, Version};
+use crate::target::elf::Binary;
+use crate::target::process::{Mapping, Process};
 use anyhow::{Result, bail};
 
 pub struct Interpreter {
@@ -86,7 +86,7 @@ impl Interpreter {
             bail!(
                 "process {} runs Python {version}, which leakscope does not support (supported: {})",
                 process.pid,
-                python::SUPPORTED
+                cpython::SUPPORTED
             );
         }
         let mine: Vec<&Mapping> = maps.iter().filter(|m| m.path == target_path).collect();

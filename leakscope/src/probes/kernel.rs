@@ -1,7 +1,7 @@
 //! The kernel side, seen from user space: load the embedded BPF object, attach the plan's
 //! probes to the target, drain the ring buffer, read the counters. Nothing here interprets
 //! events; that is `aggregate`'s job.
-use crate::plan::{Plan, ProbeSpec};
+use super::plan::{Plan, ProbeSpec};
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
@@ -11,7 +11,11 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
-use leakscope_common::{DROP_KINDS, Event, MAX_PROBES, RawStack, StackConfig, WALK_SLOTS};
+use leakscope_common::{
+    DROP_FRAME_READ_FAILED, DROP_NO_TSTATE, DROP_READ_FAILED, DROP_RINGBUF_FULL,
+    DROP_STACK_MAP_FULL, Event, MAX_PROBES, RawStack, StackConfig, WALK_COUNT, WALK_FRAMES,
+    WALK_NS, WALK_TRUNCATED,
+};
 use std::{num::NonZeroU32, os::fd::OwnedFd};
 
 static BPF_OBJECT: &[u8] =
@@ -25,7 +29,38 @@ pub struct Tracer {
     drops: PerCpuArray<MapData, u64>,
     walk: PerCpuArray<MapData, u64>,
     stacks: BpfHashMap<MapData, u64, RawStack>,
+    /// Ring-buffer records too short to be an event (counted, never decoded).
+    short_records: u64,
     _stats: Option<OwnedFd>,
+}
+
+/// How to attach.
+pub struct AttachOptions {
+    /// Enable the kernel's BPF run-time stats while attached (`--stats`).
+    pub stats: bool,
+    pub stack_config: StackConfig,
+    /// Forward the BPF programs' log to stderr (`-v`).
+    pub verbose: bool,
+}
+
+/// What the kernel side counted, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub ringbuf_full: u64,
+    pub read_failed: u64,
+    pub stack_map_full: u64,
+    pub no_tstate: u64,
+    pub frame_read_failed: u64,
+    pub walks: u64,
+    pub walk_frames: u64,
+    pub walk_ns: u64,
+    pub walk_truncated: u64,
+}
+
+/// One ring-buffer record as an event; `None` when it is too short to be one.
+pub fn decode(record: &[u8]) -> Option<Event> {
+    (record.len() >= size_of::<Event>())
+        .then(|| unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<Event>()) })
 }
 
 /// Uprobes need the kernel's uprobe PMU (CONFIG_UPROBES / CONFIG_UPROBE_EVENTS).
@@ -41,7 +76,12 @@ pub fn check_uprobe_support(sysfs: &std::path::Path) -> Result<()> {
 }
 
 impl Tracer {
-    pub fn attach(plan: &Plan, pid: u32, stats: bool, stack_config: StackConfig) -> Result<Tracer> {
+    pub fn attach(plan: &Plan, pid: u32, opts: &AttachOptions) -> Result<Tracer> {
+        let AttachOptions {
+            stats,
+            stack_config,
+            verbose: _,
+        } = *opts;
         if BPF_OBJECT.is_empty() {
             bail!(
                 "this leakscope was built without its BPF object: run `cargo xtask build-ebpf`, then rebuild"
@@ -96,26 +136,51 @@ impl Tracer {
             drops,
             walk,
             stacks,
+            short_records: 0,
             _stats,
         })
     }
 
-    /// Moves every queued event into `out`.
-    pub fn drain(&mut self, out: &mut Vec<Event>) {
-        while let Some(item) = self.events.next() {
-            if item.len() >= size_of::<Event>() {
-                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+    /// Moves at most `max` queued events into `out`; true when it stopped at `max` (more
+    /// may be waiting).
+    pub fn drain(&mut self, out: &mut Vec<Event>, max: usize) -> bool {
+        let mut taken = 0;
+        while taken < max {
+            let Some(item) = self.events.next() else {
+                return false;
+            };
+            taken += 1;
+            match decode(&item) {
+                Some(e) => out.push(e),
+                None => self.short_records += 1,
             }
+        }
+        true
+    }
+
+    pub fn short_records(&self) -> u64 {
+        self.short_records
+    }
+
+    pub fn counters(&self) -> Counters {
+        let drop = |i| Self::sum(&self.drops, i);
+        let walk = |i| Self::sum(&self.walk, i);
+        Counters {
+            ringbuf_full: drop(DROP_RINGBUF_FULL),
+            read_failed: drop(DROP_READ_FAILED),
+            stack_map_full: drop(DROP_STACK_MAP_FULL),
+            no_tstate: drop(DROP_NO_TSTATE),
+            frame_read_failed: drop(DROP_FRAME_READ_FAILED),
+            walks: walk(WALK_COUNT),
+            walk_frames: walk(WALK_FRAMES),
+            walk_ns: walk(WALK_NS),
+            walk_truncated: walk(WALK_TRUNCATED),
         }
     }
 
     /// An interned stack, read back from the kernel's map.
     pub fn stack(&self, id: u64) -> Option<RawStack> {
         self.stacks.get(&id, 0).ok()
-    }
-
-    pub fn walk(&self) -> [u64; WALK_SLOTS as usize] {
-        std::array::from_fn(|i| Self::sum(&self.walk, i as u32))
     }
 
     fn sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
@@ -126,10 +191,6 @@ impl Tracer {
         (0..probes as u32)
             .map(|i| Self::sum(&self.hits, i))
             .collect()
-    }
-
-    pub fn drops(&self) -> [u64; DROP_KINDS as usize] {
-        std::array::from_fn(|i| Self::sum(&self.drops, i as u32))
     }
 
     /// `(program, runs, run time ns)` from the kernel's BPF stats (only with `--stats`).
@@ -178,7 +239,7 @@ fn explain<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error 
         source = s.source();
     }
     if eperm {
-        anyhow!(e).context(crate::NEEDS_PRIVILEGES)
+        anyhow!(e).context(crate::session::NEEDS_PRIVILEGES)
     } else {
         anyhow!(e)
     }
@@ -186,6 +247,23 @@ fn explain<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_short_record_is_not_an_event() {
+        let e = leakscope_common::Event {
+            kind: 1,
+            addr: 0x1000,
+            ..Default::default()
+        };
+        let bytes: &[u8] = unsafe {
+            std::slice::from_raw_parts(
+                (&e as *const leakscope_common::Event).cast(),
+                size_of_val(&e),
+            )
+        };
+        assert_eq!(super::decode(bytes), Some(e));
+        assert_eq!(super::decode(&bytes[..bytes.len() - 1]), None);
+    }
+
     #[test]
     fn a_kernel_without_uprobes_is_named() {
         let err =

@@ -7,9 +7,9 @@
 //! restarts that list; see `walk_list`), detects loops, counts each object once, and
 //! validates every object (its type pointer must lead to a type object, whose own type is
 //! `type` or a metatype); objects that fail are counted as skipped and never reported.
-use crate::process::Memory;
-use crate::python::{self, GcLayout};
-use crate::types::Resolver;
+use crate::cpython::{self, GcLayout};
+use crate::resolve::types::Resolver;
+use crate::target::Mem;
 use hashbrown::{HashMap, HashSet};
 
 /// Most objects one walk visits before it stops (and says so).
@@ -62,11 +62,11 @@ pub struct Census {
 
 /// What a census reads: the target's memory, where its GC lists are, and the two runtime
 /// addresses the walk needs.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Heap {
-    mem: Memory,
+    mem: Mem,
     layout: GcLayout,
-    version: python::Version,
+    version: cpython::Version,
     /// Runtime address of `_PyRuntime` and `PyType_Type`.
     runtime: u64,
     type_type: u64,
@@ -74,13 +74,13 @@ pub struct Heap {
 
 impl Heap {
     /// GC list offsets: 3.13+ from the interpreter's own `_Py_DebugOffsets` (see
-    /// `python::gc_layout_from`), earlier versions from the table.
+    /// `cpython::gc_layout_from`), earlier versions from the table.
     pub fn of(
-        process: &crate::process::Process,
-        interp: &crate::interpreter::Interpreter,
+        process: &crate::target::Process,
+        interp: &crate::target::interpreter::Interpreter,
     ) -> anyhow::Result<Heap> {
         use anyhow::Context;
-        let layout = python::gc_layout_from(interp.version, interp.binary.section(".PyRuntime"))
+        let layout = cpython::gc_layout_from(interp.version, interp.binary.section(".PyRuntime"))
             .map_err(anyhow::Error::msg)?;
         Ok(Heap {
             mem: process.memory(),
@@ -97,13 +97,13 @@ impl Heap {
 }
 
 pub struct Walker<'a> {
-    mem: Memory,
+    mem: Mem,
     layout: GcLayout,
     runtime: u64,
     type_type: u64,
     resolver: &'a mut Resolver,
     valid_types: HashMap<u64, bool>,
-    version: python::Version,
+    version: cpython::Version,
     /// Values bytes per heap type (from its shared keys), read once per census.
     values: HashMap<u64, u64>,
 }
@@ -116,7 +116,7 @@ impl<'a> Walker<'a> {
             version,
             runtime,
             type_type,
-        } = *heap;
+        } = heap.clone();
         Walker {
             mem,
             layout,
@@ -134,13 +134,13 @@ impl<'a> Walker<'a> {
         if let Some(&b) = self.values.get(&t) {
             return b;
         }
-        let b = python::ht_cached_keys(self.version)
+        let b = cpython::ht_cached_keys(self.version)
             .and_then(|off| {
                 let keys = self.mem.u64(t + off).ok().filter(|&k| k != 0)?;
-                let usable = self.mem.u64(keys + python::DK_USABLE).ok()?;
-                let nentries = self.mem.u64(keys + python::DK_NENTRIES).ok()?;
+                let usable = self.mem.u64(keys + cpython::DK_USABLE).ok()?;
+                let nentries = self.mem.u64(keys + cpython::DK_NENTRIES).ok()?;
                 let size = usable.checked_add(nentries).filter(|&n| n < 1 << 16)?;
-                Some(python::values_bytes(self.version, size))
+                Some(cpython::values_bytes(self.version, size))
             })
             .unwrap_or(0);
         self.values.insert(t, b);
@@ -152,19 +152,19 @@ impl<'a> Walker<'a> {
     /// instance dict the collector does not track (a tracked one is counted as a `dict`).
     fn bytes(&mut self, ob_type: u64, ob_size: i64, m32: u64, m24: u64) -> u64 {
         let t = self.resolver.get(ob_type).expect("validated").clone();
-        let mut bytes = python::object_bytes(t.basicsize, t.itemsize, ob_size, t.preheader);
-        if t.flags & python::TPFLAGS_INLINE_VALUES != 0 {
+        let mut bytes = cpython::object_bytes(t.basicsize, t.itemsize, ob_size, t.preheader);
+        if t.flags & cpython::TPFLAGS_INLINE_VALUES != 0 {
             bytes += self.values_bytes(ob_type);
         }
-        match python::beside(self.version, t.flags, m32, m24) {
-            python::Beside::Values => bytes += self.values_bytes(ob_type),
-            python::Beside::Dict(d) => {
+        match cpython::beside(self.version, t.flags, m32, m24) {
+            cpython::Beside::Values => bytes += self.values_bytes(ob_type),
+            cpython::Beside::Dict(d) => {
                 // _gc_next == 0: not tracked, so not on any list: count it with its owner.
                 if self.mem.u64(d - 16).is_ok_and(|next| next == 0) {
                     bytes += DICT_OBJECT_BYTES;
                 }
             }
-            python::Beside::Nothing => {}
+            cpython::Beside::Nothing => {}
         }
         bytes
     }
@@ -182,7 +182,8 @@ impl<'a> Walker<'a> {
             let meta = self.mem.u64(t + 8).ok()?;
             let meta_ok = meta == self.type_type
                 || (self.mem.u64(meta + 8).ok()? == self.type_type
-                    && self.mem.u64(meta + python::TP_FLAGS).ok()? & python::TPFLAGS_TYPE_SUBCLASS
+                    && self.mem.u64(meta + cpython::TP_FLAGS).ok()?
+                        & cpython::TPFLAGS_TYPE_SUBCLASS
                         != 0);
             Some(meta_ok && self.resolver.get(t).is_some())
         })()
@@ -203,13 +204,13 @@ impl<'a> Walker<'a> {
             census.stats.interpreters += 1;
             let gc = interp + self.layout.interp_gc;
             let heads: Vec<u64> = (0..3)
-                .map(|g| gc + python::GC_GENERATIONS + g * python::GC_GENERATION_SIZE)
-                .chain([gc + python::GC_PERMANENT])
+                .map(|g| gc + cpython::GC_GENERATIONS + g * cpython::GC_GENERATION_SIZE)
+                .chain([gc + cpython::GC_PERMANENT])
                 .collect();
             for &head in &heads {
                 self.walk_list(head, &heads, &mut census, &mut seen);
             }
-            self.read_garbage(gc + python::GC_GARBAGE, &mut census);
+            self.read_garbage(gc + cpython::GC_GARBAGE, &mut census);
         }
         census
     }
@@ -349,8 +350,8 @@ impl<'a> Walker<'a> {
             return;
         }
         let (Ok(n), Ok(items)) = (
-            self.mem.u64(list + python::LIST_SIZE),
-            self.mem.u64(list + python::LIST_ITEMS),
+            self.mem.u64(list + cpython::LIST_SIZE),
+            self.mem.u64(list + cpython::LIST_ITEMS),
         ) else {
             return;
         };
@@ -376,257 +377,5 @@ impl<'a> Walker<'a> {
             e.0 += 1;
             e.1 += bytes;
         }
-    }
-}
-
-/// Objects a census cannot see, said in every census report.
-pub const BLIND_SPOT: &str = "a census sees only objects the cycle collector tracks: ints, floats, \
-    strings, bytes, dicts holding only atomic values, and objects of C types without GC support \
-    are not on its lists (use `leakscope trace` for those)";
-
-/// One type in a census report.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct CensusRow {
-    pub name: String,
-    pub objects: u64,
-    pub bytes: u64,
-    /// Change since the previous snapshot and since the first one (objgraph's show_growth).
-    pub delta_last: i64,
-    pub delta_first: i64,
-    /// Same rule as `trace` (aggregate::keeps_growing) over the snapshots' counts.
-    pub growing: bool,
-}
-
-/// Counts per type across snapshots. Pure.
-#[derive(Default)]
-pub struct Series {
-    snapshots: usize,
-    history: HashMap<u64, Vec<u64>>,
-}
-
-impl Series {
-    pub fn add(
-        &mut self,
-        counts: &Counts,
-        name_of: &mut dyn FnMut(u64) -> String,
-    ) -> Vec<CensusRow> {
-        let n = self.snapshots;
-        for &t in counts.keys() {
-            self.history.entry(t).or_insert_with(|| vec![0; n]);
-        }
-        let mut rows = Vec::new();
-        for (&t, h) in self.history.iter_mut() {
-            let (objects, bytes) = counts.get(&t).copied().unwrap_or((0, 0));
-            h.push(objects);
-            let prev = if n > 0 { h[n - 1] } else { objects };
-            if objects == 0 && prev == 0 {
-                continue;
-            }
-            rows.push(CensusRow {
-                name: name_of(t),
-                objects,
-                bytes,
-                delta_last: objects as i64 - prev as i64,
-                delta_first: objects as i64 - h[0] as i64,
-                growing: crate::aggregate::keeps_growing(h, 0),
-            });
-        }
-        self.snapshots += 1;
-        rows.sort_by(|a, b| {
-            b.growing
-                .cmp(&a.growing)
-                .then(b.delta_first.cmp(&a.delta_first))
-                .then(b.bytes.cmp(&a.bytes))
-                .then(a.name.cmp(&b.name))
-        });
-        rows
-    }
-}
-
-/// Rows of a single set of counts (gc.garbage), largest first.
-pub fn plain_rows(counts: &Counts, name_of: &mut dyn FnMut(u64) -> String) -> Vec<CensusRow> {
-    let mut rows: Vec<CensusRow> = counts
-        .iter()
-        .map(|(&t, &(objects, bytes))| CensusRow {
-            name: name_of(t),
-            objects,
-            bytes,
-            delta_last: 0,
-            delta_first: 0,
-            growing: false,
-        })
-        .collect();
-    rows.sort_by(|a, b| b.objects.cmp(&a.objects).then(a.name.cmp(&b.name)));
-    rows
-}
-
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct CensusReport {
-    pub kind: &'static str,
-    pub pid: u32,
-    pub snapshot: u64,
-    pub elapsed_s: f64,
-    pub types: Vec<CensusRow>,
-    pub garbage: Vec<CensusRow>,
-    pub walk: WalkStats,
-    pub walk_ms: f64,
-    /// How long the target was stopped (`--pause`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub paused_ms: Option<f64>,
-    pub not_seen: &'static str,
-}
-
-pub fn text(r: &CensusReport, top: usize) -> String {
-    use crate::report::{human_bytes, thousands};
-    use std::fmt::Write;
-    let mut s = String::new();
-    let total: u64 = r.types.iter().map(|t| t.objects).sum();
-    let _ = writeln!(
-        s,
-        "── leakscope census · pid {} · snapshot {} · {:.1}s · {} objects in the GC lists of {} interpreter{} · read in {:.0} ms{}",
-        r.pid,
-        r.snapshot,
-        r.elapsed_s,
-        thousands(total),
-        r.walk.interpreters,
-        if r.walk.interpreters == 1 { "" } else { "s" },
-        r.walk_ms,
-        match r.paused_ms {
-            Some(ms) => format!(" (target stopped for {ms:.0} ms)"),
-            None => " (target running)".to_string(),
-        }
-    );
-    let _ = writeln!(
-        s,
-        "  {:<40} {:>11} {:>11} {:>10} {:>10}",
-        "TYPE", "OBJECTS", "BYTES", "Δ LAST", "Δ FIRST"
-    );
-    for row in r.types.iter().take(top) {
-        let _ = writeln!(
-            s,
-            "{} {:<40} {:>11} {:>11} {:>+10} {:>+10}",
-            if row.growing { "▲" } else { " " },
-            row.name,
-            thousands(row.objects),
-            human_bytes(row.bytes),
-            row.delta_last,
-            row.delta_first
-        );
-    }
-    if r.types.len() > top {
-        let _ = writeln!(
-            s,
-            "  … {} more types (--top N shows more)",
-            r.types.len() - top
-        );
-    }
-    if r.garbage.is_empty() {
-        let _ = writeln!(s, "  gc.garbage: empty");
-    } else {
-        let list: Vec<String> = r
-            .garbage
-            .iter()
-            .map(|g| format!("{} {}", g.name, thousands(g.objects)))
-            .collect();
-        let _ = writeln!(s, "  gc.garbage (uncollectable): {}", list.join(", "));
-    }
-    let w = &r.walk;
-    let _ = writeln!(
-        s,
-        "  walk: {} objects read · {} skipped (type did not validate) · {} list restarts · {} lists cut{}",
-        thousands(w.objects),
-        thousands(w.skipped_invalid),
-        w.restarts,
-        w.lists_cut,
-        if w.bounded {
-            format!(" · stopped at {} objects", thousands(MAX_OBJECTS))
-        } else {
-            String::new()
-        }
-    );
-    let _ = writeln!(s, "  note: {}", r.not_seen);
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn counts(pairs: &[(u64, u64)]) -> Counts {
-        pairs.iter().map(|&(t, n)| (t, (n, n * 56))).collect()
-    }
-
-    #[test]
-    fn show_growth_deltas_and_growing() {
-        let mut series = Series::default();
-        let mut name = |t: u64| format!("T{t}");
-        let mut rows = vec![];
-        for i in 0..6u64 {
-            rows = series.add(
-                &counts(&[(1, 1000 + 100 * i), (2, 500), (3, 40 + i % 2)]),
-                &mut name,
-            );
-        }
-        assert_eq!(rows[0].name, "T1");
-        assert!(rows[0].growing);
-        assert_eq!((rows[0].delta_last, rows[0].delta_first), (100, 500));
-        let t2 = rows.iter().find(|r| r.name == "T2").unwrap();
-        assert_eq!((t2.growing, t2.delta_last, t2.delta_first), (false, 0, 0));
-        assert!(!rows.iter().find(|r| r.name == "T3").unwrap().growing);
-    }
-
-    #[test]
-    fn a_type_that_disappears_shows_once_with_its_drop() {
-        let mut series = Series::default();
-        let mut name = |t: u64| format!("T{t}");
-        series.add(&counts(&[(1, 10)]), &mut name);
-        let rows = series.add(&counts(&[]), &mut name);
-        assert_eq!(rows.len(), 1);
-        assert_eq!((rows[0].objects, rows[0].delta_last), (0, -10));
-        assert!(series.add(&counts(&[]), &mut name).is_empty());
-    }
-
-    #[test]
-    fn census_text_snapshot() {
-        let r = CensusReport {
-            kind: "census",
-            pid: 7,
-            snapshot: 2,
-            elapsed_s: 1.0,
-            types: vec![CensusRow {
-                name: "__main__.Leak".into(),
-                objects: 12345,
-                bytes: 691_320,
-                delta_last: 100,
-                delta_first: 200,
-                growing: false,
-            }],
-            garbage: vec![CensusRow {
-                name: "__main__.G".into(),
-                objects: 3,
-                bytes: 168,
-                delta_last: 0,
-                delta_first: 0,
-                growing: false,
-            }],
-            walk: WalkStats {
-                interpreters: 1,
-                lists: 4,
-                objects: 20000,
-                ..Default::default()
-            },
-            walk_ms: 12.0,
-            paused_ms: Some(13.4),
-            not_seen: "x",
-        };
-        let want = "\
-── leakscope census · pid 7 · snapshot 2 · 1.0s · 12,345 objects in the GC lists of 1 interpreter · read in 12 ms (target stopped for 13 ms)
-  TYPE                                         OBJECTS       BYTES     Δ LAST    Δ FIRST
-  __main__.Leak                                 12,345   675.1 KiB       +100       +200
-  gc.garbage (uncollectable): __main__.G 3
-  walk: 20,000 objects read · 0 skipped (type did not validate) · 0 list restarts · 0 lists cut
-  note: x
-";
-        assert_eq!(text(&r, 10), want);
     }
 }

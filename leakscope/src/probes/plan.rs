@@ -12,10 +12,10 @@
 //!   (`tp_alloc` = `PyType_GenericAlloc`, `tp_free` = `PyObject_GC_Del`/`PyObject_Free`),
 //!   and C extensions call the exported API through their PLT, so those are counted and
 //!   every static type of the interpreter itself is ignored.
-use crate::disasm::{self, ProbePoint};
-use crate::interpreter::Interpreter;
-use crate::process::Process;
-use crate::python::hooks;
+use crate::cpython::hooks;
+use crate::probes::disasm::{self, ProbePoint};
+use crate::target::Process;
+use crate::target::interpreter::Interpreter;
 use anyhow::{Context, Result, bail};
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic, OpKind, Register};
 use std::path::PathBuf;
@@ -202,7 +202,7 @@ fn allocator_slot_probe(
     let owner = if m.path == interp.target_path {
         None
     } else {
-        Some(crate::elf::Binary::open(&path)?)
+        Some(crate::target::elf::Binary::open(&path)?)
     };
     let owner = owner.as_ref().unwrap_or(bin);
     // Symbol of the function (for its size and name); without one, the entry is the only
@@ -234,7 +234,7 @@ fn allocator_slot_probe(
 /// against the target's memory: `mov reg, [rip+x]`, `mov reg, [reg+x]`, `mov reg, reg`, then
 /// `jmp [mem]` or `jmp reg`. Conditional branches are assumed not taken (the wrappers'
 /// error paths); anything else the evaluator does not know ends the search.
-fn jump_target(code: &[u8], vaddr: u64, bias: u64, mem: &crate::process::Memory) -> Option<u64> {
+fn jump_target(code: &[u8], vaddr: u64, bias: u64, mem: &crate::target::Mem) -> Option<u64> {
     let mut regs: hashbrown::HashMap<Register, u64> = hashbrown::HashMap::new();
     let address =
         |i: &iced_x86::Instruction, regs: &hashbrown::HashMap<Register, u64>| -> Option<u64> {
@@ -295,7 +295,7 @@ fn writes_register(i: &iced_x86::Instruction, reg: Register) -> bool {
 /// stack layout, or `_PyRuntime` is not exported).
 pub fn stack_config(interp: &Interpreter, timing: bool) -> Option<leakscope_common::StackConfig> {
     use leakscope_common::{FRAME_WINDOW_WORDS, NO_OFFSET, StackConfig};
-    let l = crate::python::stack_layout(interp.version)?;
+    let l = crate::cpython::stack_layout(interp.version)?;
     let runtime = interp.runtime_addr("_PyRuntime")?;
     let read = l.frame_code.max(l.frame_prev).max(l.frame_instr) + 8;
     if read > 8 * FRAME_WINDOW_WORDS as u64 {

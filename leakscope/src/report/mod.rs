@@ -1,7 +1,9 @@
 //! Reports: the data (serializable, one JSON object per line with `--json`) and its text
 //! rendering. Pure: rows in, bytes out.
-use crate::aggregate::TypeRow;
-use crate::stacks::Frame;
+pub mod census;
+
+use crate::model::aggregate::TypeRow;
+use crate::model::sites::Frame;
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -47,6 +49,10 @@ pub struct Losses {
     pub frame_read_failed: u64,
     /// Stacks user space could not read back from the kernel map.
     pub unreadable_stacks: u64,
+    /// Ring-buffer records shorter than an event (a kernel/user-space mismatch): dropped.
+    pub short_records: u64,
+    /// Events of a kind this user space does not know: dropped.
+    pub unknown_events: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -64,13 +70,47 @@ pub struct ProgramStat {
     pub run_time_ns: u64,
 }
 
+/// An interval report, or the final one (totals instead of the last interval's counts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportKind {
+    Interval,
+    Final,
+}
+
+/// Why a trace ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum EndReason {
+    /// `--duration` ran out.
+    #[serde(rename = "duration")]
+    Duration,
+    /// Ctrl-C (SIGINT).
+    #[serde(rename = "interrupted")]
+    Interrupted,
+    /// SIGTERM.
+    #[serde(rename = "terminated")]
+    Terminated,
+    #[serde(rename = "target exited")]
+    TargetExited,
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EndReason::Duration => "duration",
+            EndReason::Interrupted => "interrupted",
+            EndReason::Terminated => "terminated",
+            EndReason::TargetExited => "target exited",
+        })
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
-    /// "interval" or "final".
-    pub kind: &'static str,
-    /// Why the trace ended (final reports): "duration", "interrupted", "target exited".
+    pub kind: ReportKind,
+    /// Why the trace ended (final reports only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<EndReason>,
     pub pid: u32,
     pub elapsed_s: f64,
     pub interval_s: f64,
@@ -78,6 +118,9 @@ pub struct Report {
     /// Time of the census that added `census` rows (partial builds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub census_ms: Option<f64>,
+    /// Why this partial build's report has no census rows although they were asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub census_error: Option<String>,
     /// Allocation sites, growing ones first (at most `--top`).
     pub sites: Vec<SiteReport>,
     pub live_objects: u64,
@@ -126,7 +169,7 @@ pub fn human_bytes(n: u64) -> String {
 /// The text table: growing types first (marked `▲`), at most `top` rows.
 pub fn text(report: &Report, top: usize) -> String {
     let mut s = String::new();
-    let finished = report.kind == "final";
+    let finished = report.kind == ReportKind::Final;
     let title = match &report.reason {
         Some(r) => format!("final report ({r})"),
         None => "report".to_string(),
@@ -200,14 +243,29 @@ pub fn text(report: &Report, top: usize) -> String {
             shown.len() - top
         );
     }
+    if let Some(e) = &report.census_error {
+        let _ = writeln!(
+            s,
+            "  census rows: unavailable on this build ({e}); builtins are not shown"
+        );
+    }
     sites_text(&mut s, report);
     let l = &report.lost;
     let _ = writeln!(
         s,
-        "  lost: {} events (ring buffer full) · {} unreadable objects · {} unreadable types{}{}",
+        "  lost: {} events (ring buffer full) · {} unreadable objects · {} unreadable types{}{}{}",
         thousands(l.ringbuf_full),
         thousands(l.kernel_read_failed),
         thousands(l.unreadable_types),
+        if l.short_records + l.unknown_events > 0 {
+            format!(
+                " · {} short records, {} events of unknown kind (kernel and user space disagree)",
+                thousands(l.short_records),
+                thousands(l.unknown_events)
+            )
+        } else {
+            String::new()
+        },
         if l.no_thread_state + l.stack_map_full + l.frame_read_failed + l.unreadable_stacks > 0 {
             format!(
                 " · stacks: {} without thread state, {} map full, {} cut by unreadable frames, {} unreadable",
@@ -361,7 +419,7 @@ mod tests {
 
     fn report() -> Report {
         Report {
-            kind: "interval",
+            kind: ReportKind::Interval,
             reason: None,
             pid: 42,
             elapsed_s: 10.0,
@@ -372,6 +430,7 @@ mod tests {
                 row("gone", 0, false),
             ],
             census_ms: None,
+            census_error: None,
             sites: vec![SiteReport {
                 type_name: "__main__.Leak".into(),
                 live: 20000,

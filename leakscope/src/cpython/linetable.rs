@@ -156,7 +156,7 @@ mod tests {
     #[test]
     fn cpython_39_lnotab() {
         check_fixture(
-            include_str!("../../tests/fixtures/linetables-3.9.json"),
+            include_str!("../../../tests/fixtures/linetables-3.9.json"),
             TableKind::Lnotab39,
         );
     }
@@ -164,7 +164,7 @@ mod tests {
     #[test]
     fn cpython_310_linetable() {
         check_fixture(
-            include_str!("../../tests/fixtures/linetables-3.10.json"),
+            include_str!("../../../tests/fixtures/linetables-3.10.json"),
             TableKind::Linetable310,
         );
     }
@@ -172,7 +172,7 @@ mod tests {
     #[test]
     fn cpython_311_locations() {
         check_fixture(
-            include_str!("../../tests/fixtures/linetables-3.11.json"),
+            include_str!("../../../tests/fixtures/linetables-3.11.json"),
             TableKind::Locations311,
         );
     }
@@ -180,7 +180,7 @@ mod tests {
     #[test]
     fn cpython_312_locations() {
         check_fixture(
-            include_str!("../../tests/fixtures/linetables-3.12.json"),
+            include_str!("../../../tests/fixtures/linetables-3.12.json"),
             TableKind::Locations311,
         );
     }
@@ -188,7 +188,7 @@ mod tests {
     #[test]
     fn cpython_313_locations() {
         check_fixture(
-            include_str!("../../tests/fixtures/linetables-3.13.json"),
+            include_str!("../../../tests/fixtures/linetables-3.13.json"),
             TableKind::Locations311,
         );
     }
