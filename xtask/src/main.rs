@@ -4,7 +4,9 @@
 //!   bpf-linker). The CLI's build script embeds whatever this wrote; there is no second path.
 //! - `build`: `build-ebpf`, then the release CLI.
 //! - `demo`: `build`, then trace the bundled leaking example for 10 s (and write its SVG).
-//! - `test`: `build`, then every test (unit, and privileged end to end) one at a time.
+//! - `test`: `build`, then every test one at a time: unit, contract, and the privileged ones
+//!   (`#[ignore]`d so that a plain `cargo test` shows them as not run; here
+//!   `--include-ignored` runs them, and each fails when it cannot run).
 //! - `bench`: traced against untraced runs of a fixed workload, side by side (see bench.rs).
 mod bench;
 
@@ -23,7 +25,13 @@ fn main() -> Result<()> {
         "test" => {
             build()?;
             run(cargo()
-                .args(["test", "--release", "--", "--test-threads=1"])
+                .args([
+                    "test",
+                    "--release",
+                    "--",
+                    "--test-threads=1",
+                    "--include-ignored",
+                ])
                 .args(&args[1..]))
         }
         "demo" => {

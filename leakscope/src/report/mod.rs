@@ -166,6 +166,17 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// `name` in at most `width` characters: a long one keeps its end (the most specific part of
+/// a qualified name), after an ellipsis. Counts characters, never slices inside one.
+pub fn fit(name: &str, width: usize) -> String {
+    let n = name.chars().count();
+    if n <= width {
+        return name.to_string();
+    }
+    let tail: String = name.chars().skip(n - (width - 1)).collect();
+    format!("…{tail}")
+}
+
 /// The text table: growing types first (marked `▲`), at most `top` rows.
 pub fn text(report: &Report, top: usize) -> String {
     let mut s = String::new();
@@ -214,10 +225,7 @@ pub fn text(report: &Report, top: usize) -> String {
         } else {
             (thousands(b), thousands(d))
         };
-        let mut name = r.name.clone();
-        if name.chars().count() > 40 {
-            name = format!("…{}", &name[name.len() - 39..]);
-        }
+        let name = fit(&r.name, 40);
         let _ = writeln!(
             s,
             "{} {:<40} {:>11} {:>11} {:>11} {:>11} {:>10.1}",
@@ -460,6 +468,52 @@ mod tests {
             programs: None,
             walk: None,
         }
+    }
+
+    #[test]
+    fn long_non_ascii_type_name_does_not_panic() {
+        // Regression: the table counted characters, then sliced bytes, and panicked inside a
+        // multi-byte character.
+        let mut r = report();
+        r.types[0].name = format!("модуль.{}", "Класс".repeat(10));
+        let t = text(&r, 10);
+        let line = t.lines().nth(2).unwrap();
+        assert!(line.starts_with("▲ …"), "{line}");
+        assert!(line.contains("КлассКласс"), "{line}");
+        assert_eq!(fit("ab", 40), "ab");
+        assert_eq!(fit("αβγδε", 3), "…δε");
+    }
+
+    #[test]
+    fn failed_census_setup_is_said_in_the_report() {
+        // Regression: on a partial build, a census that could not be set up left the report
+        // without census rows and without saying why.
+        let mut r = report();
+        r.census_error = Some("Python 3.11.2: _PyRuntime not found".into());
+        assert!(
+            text(&r, 10).contains(
+                "census rows: unavailable on this build (Python 3.11.2: _PyRuntime not found)"
+            ),
+            "{}",
+            text(&r, 10)
+        );
+        assert_eq!(
+            serde_json::to_value(&r).unwrap()["census_error"],
+            "Python 3.11.2: _PyRuntime not found"
+        );
+    }
+
+    #[test]
+    fn short_records_and_unknown_events_are_shown() {
+        // Regression: they vanished without a count.
+        let mut r = report();
+        r.lost.short_records = 2;
+        r.lost.unknown_events = 3;
+        assert!(
+            text(&r, 10).contains("2 short records, 3 events of unknown kind"),
+            "{}",
+            text(&r, 10)
+        );
     }
 
     #[test]

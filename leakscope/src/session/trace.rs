@@ -373,9 +373,11 @@ impl Session<'_> {
         resolver.revalidate();
         let empty = Sites::default();
         let sites = symbolizer.as_ref().map_or(&empty, |s| &s.sites);
+        // Sites with survivors, or with births in this interval (in the whole trace, for the
+        // final report): a churning site shows up, as not growing.
         let site_reports: Vec<report::SiteReport> = site_rows
             .iter()
-            .filter(|r| r.live > 0)
+            .filter(|r| r.live > 0 || r.interval_births > 0 || (reason.is_some() && r.births > 0))
             .take(cfg.top)
             .map(|r| {
                 let site = sites.get(r.site);
@@ -510,5 +512,60 @@ impl Session<'_> {
             std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpython::{TP_FLAGS, TP_NAME, Version};
+    use crate::target::FakeMemory;
+
+    const V: Version = Version {
+        major: 3,
+        minor: 11,
+        patch: 7,
+    };
+    const T: u64 = 0x20_0000;
+
+    fn pipeline() -> Pipeline {
+        let m = FakeMemory::new();
+        m.put_words(T + TP_NAME, &[T + 0x800, 32, 0]);
+        m.put(T + TP_FLAGS, 0);
+        m.put_bytes(T + 0x800, b"float\0\0\0");
+        Pipeline::new(Resolver::new(m, V, vec![], true), None)
+    }
+
+    fn event(kind: u32, addr: u64) -> Event {
+        Event {
+            kind,
+            addr,
+            type_ptr: T,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn births_and_frees_through_the_pipeline_keep_the_live_set() {
+        let mut p = pipeline();
+        let events: Vec<Event> = (0..10)
+            .map(|i| event(EVENT_BIRTH, 0x1000 + 32 * i))
+            .chain((0..4).map(|i| event(EVENT_FREE, 0x1000 + 32 * i)))
+            .collect();
+        p.feed(&events, &mut |_| None);
+        assert_eq!(p.agg.live_objects(), 6);
+        assert_eq!((p.unknown_events, p.resolver.failed_reads), (0, 0));
+    }
+
+    #[test]
+    fn unknown_event_kind_is_counted_not_dropped_silently() {
+        // Regression: events of a kind user space did not know vanished without a count.
+        let mut p = pipeline();
+        p.feed(
+            &[event(EVENT_BIRTH, 0x1000), event(77, 0x2000), event(0, 0)],
+            &mut |_| None,
+        );
+        assert_eq!(p.unknown_events, 2);
+        assert_eq!(p.agg.live_objects(), 1);
     }
 }

@@ -31,10 +31,9 @@ fn interpreters() -> Vec<(String, PathBuf)> {
 /// moment it resumes (it counts in its SIGCONT handler), for every type the script creates;
 /// gc.garbage holds exactly the cycles it left there. Every interpreter on this machine.
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn paused_census_equals_gc_get_objects_everywhere() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     for (label, python) in interpreters() {
         let target =
             crate::support::python(&python, "census_target.py", &["steady", "0", "garbage"]);
@@ -90,10 +89,9 @@ fn paused_census_equals_gc_get_objects_everywhere() {
 /// Without --pause, on a target replacing 10k of its objects a second, the census is within
 /// 5% of the true population (50,000 Leak, 10,000 Node).
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn running_census_within_5_percent() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     for (label, python) in [
         ("pyenv 3.11.7", pyenv("3.11.7")),
         ("Debian 3.11", debian_python()),
@@ -116,10 +114,9 @@ fn running_census_within_5_percent() {
 /// A leaking target's type grows between snapshots (and is flagged); a churning one shows
 /// no growing type.
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn census_growth_leak_and_churn() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let leak = crate::support::python(&pyenv("3.11.7"), "census_target.py", &["leak", "2000"]);
     let reports = census(leak.pid, &["--interval", "1", "--count", "6"]);
     let last = reports.last().unwrap();
@@ -150,10 +147,9 @@ fn census_growth_leak_and_churn() {
 
 /// The report names what a census cannot see.
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn census_says_what_it_cannot_see() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let target = crate::support::python(&pyenv("3.11.7"), "census_target.py", &["churn"]);
     let run = leakscope(
         &["census", "--pid", &target.pid.to_string()],
@@ -172,10 +168,9 @@ fn census_says_what_it_cannot_see() {
 
 /// A census walks every interpreter: objects kept in a subinterpreter are counted too.
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn census_walks_every_interpreter() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let pythons = [
         ("pyenv 3.11.7", pyenv("3.11.7")),
         ("pyenv 3.12.1", pyenv("3.12.1")),

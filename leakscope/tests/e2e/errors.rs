@@ -29,10 +29,9 @@ fn no_such_pid() {
 }
 
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn not_python() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
     let run = leakscope(&["trace", "--pid", &sleeper.id().to_string()], QUICK);
     let _ = sleeper.kill();
@@ -41,10 +40,9 @@ fn not_python() {
 }
 
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn unsupported_version_names_the_supported_ones() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let target = python(&pyenv("3.8.18"), "leak.py", &["10"]);
     let run = leakscope(&["trace", "--pid", &target.pid.to_string()], QUICK);
     one_line_error(
@@ -71,10 +69,9 @@ fn as_nobody(args: &[&str]) -> Run {
 }
 
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn no_privileges_names_the_capabilities() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let target = python(&pyenv("3.11.7"), "leak.py", &["10"]);
     let pid = target.pid.to_string();
     one_line_error(
@@ -88,10 +85,9 @@ fn no_privileges_names_the_capabilities() {
 }
 
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn target_exiting_mid_trace_gives_a_final_report_and_exit_0() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let target = python(&pyenv("3.11.7"), "exits.py", &["3"]);
     let run = leakscope(
         &[
@@ -123,10 +119,9 @@ fn bad_arguments_exit_non_zero() {
 }
 
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn ctrl_c_gives_the_final_report_and_exit_0() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let target = python(&pyenv("3.11.7"), "leak.py", &["200"]);
     let child = Command::new(env!("CARGO_BIN_EXE_leakscope"))
         .args([

@@ -1,5 +1,7 @@
 //! End-to-end tests: the real `leakscope` binary, real BPF, real interpreters, real C
-//! extensions compiled here. They need root; in CI (CI set) a test that cannot run fails.
+//! extensions compiled here. Privileged ones are `#[ignore]`d
+//! (a plain `cargo test` lists them as ignored); `cargo xtask test` runs them all as root, and
+//! one that cannot run fails.
 mod census;
 mod errors;
 mod sites;

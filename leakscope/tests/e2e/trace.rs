@@ -82,40 +82,39 @@ fn churn_reports_nothing_growing(interpreter: &Path, min_births: u64) {
 }
 
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn pyenv_311_leaking_class_is_on_top_at_its_rate() {
-    if privileged() {
-        leaking_class_on_top(&pyenv("3.11.7"));
-    }
+    require_root();
+    leaking_class_on_top(&pyenv("3.11.7"));
 }
 
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn debian_311_leaking_class_is_on_top_at_its_rate() {
-    if privileged() {
-        leaking_class_on_top(&debian_python());
-    }
+    require_root();
+    leaking_class_on_top(&debian_python());
 }
 
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn pyenv_311_churn_reports_nothing_growing() {
-    if privileged() {
-        churn_reports_nothing_growing(&pyenv("3.11.7"), 2_000_000);
-    }
+    require_root();
+    churn_reports_nothing_growing(&pyenv("3.11.7"), 2_000_000);
 }
 
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn debian_311_churn_reports_nothing_growing() {
-    if privileged() {
-        churn_reports_nothing_growing(&debian_python(), 1_000_000);
-    }
+    require_root();
+    churn_reports_nothing_growing(&debian_python(), 1_000_000);
 }
 
 /// The claim for complete builds, "all objects": builtins created inside the interpreter
 /// (dicts, floats) leak at a known rate and are reported at that rate.
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn pyenv_311_sees_builtins_leaking() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let target = python(&pyenv("3.11.7"), "leak_builtins.py", &["1000"]);
     let run = trace(target.pid, 10, &[]);
     assert!(run.stderr.contains("sees all objects"), "{}", run.stderr);
@@ -137,10 +136,9 @@ fn pyenv_311_sees_builtins_leaking() {
 /// census can count (GC-tracked builtins: the leaked lists) comes from the census, marked as
 /// such, at its true rate; what it cannot (floats, atomic dicts, strs) is absent.
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn debian_311_builtins_come_from_the_census_or_not_at_all() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let target = python(&debian_python(), "leak_builtins.py", &["1000"]);
     let run = trace(target.pid, 10, &[]);
     assert!(
@@ -211,26 +209,25 @@ fn extension_types_leaking(python: &Path) {
 }
 
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn pyenv_311_sees_c_extension_types() {
-    if privileged() {
-        extension_types_leaking(&pyenv("3.11.7"));
-    }
+    require_root();
+    extension_types_leaking(&pyenv("3.11.7"));
 }
 
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn debian_311_sees_c_extension_types() {
-    if privileged() {
-        extension_types_leaking(&debian_python());
-    }
+    require_root();
+    extension_types_leaking(&debian_python());
 }
 
 /// The text report names the leaking type with its marker; `--stats` adds probe hits and
 /// the BPF programs' run time.
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn text_report_with_stats() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let target = python(&pyenv("3.11.7"), "leak.py", &["500"]);
     let p = target.pid.to_string();
     let run = leakscope(
@@ -267,10 +264,9 @@ fn text_report_with_stats() {
 /// Every other supported version (pyenv's shared builds): the class leaks at its rate and
 /// nothing else grows but, on 3.9/3.10, the instances' own `__dict__`s (real dicts there).
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn other_versions_find_the_leaking_class() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     for version in ["3.9.18", "3.10.13", "3.12.1", "3.13.0"] {
         let target = python(&pyenv(version), "leak.py", &[&RATE.to_string()]);
         let run = trace(target.pid, 10, &[]);
@@ -381,15 +377,15 @@ fn containerized_leak(enter: &str) {
 }
 
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn target_in_a_chroot_is_traced() {
-    if privileged() {
-        containerized_leak("chroot");
-    }
+    require_root();
+    containerized_leak("chroot");
 }
 
 #[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn target_in_a_pivot_root_container_is_traced() {
-    if privileged() {
-        containerized_leak("pivot_root");
-    }
+    require_root();
+    containerized_leak("pivot_root");
 }
