@@ -118,11 +118,10 @@ fn bad_arguments_exit_non_zero() {
     );
 }
 
-#[test]
-#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
-fn ctrl_c_gives_the_final_report_and_exit_0() {
-    require_root();
-    let target = python(&pyenv("3.11.7"), "leak.py", &["200"]);
+/// Traces `script` until `signal` arrives (after 3 s); the last line must be the final report
+/// with `reason`, and the exit status 0.
+fn signal_gives_the_final_report(script: &str, args: &[&str], signal: i32, reason: &str) {
+    let target = python(&pyenv("3.11.7"), script, args);
     let child = Command::new(env!("CARGO_BIN_EXE_leakscope"))
         .args([
             "trace",
@@ -138,7 +137,7 @@ fn ctrl_c_gives_the_final_report_and_exit_0() {
         .unwrap();
     let pid = child.id() as i32;
     std::thread::sleep(Duration::from_secs(3));
-    unsafe { libc::kill(pid, libc::SIGINT) };
+    unsafe { libc::kill(pid, signal) };
     // a hang is a failure, not a stuck test run
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(30));
@@ -155,6 +154,28 @@ fn ctrl_c_gives_the_final_report_and_exit_0() {
     let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(
         (last["kind"].as_str(), last["reason"].as_str()),
-        (Some("final"), Some("interrupted"))
+        (Some("final"), Some(reason))
     );
+    let reports = stdout.lines().filter(|l| l.starts_with('{')).count();
+    assert!(
+        reports >= 3,
+        "interval reports came out while tracing: {reports}"
+    );
+}
+
+#[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
+fn ctrl_c_gives_the_final_report_and_exit_0() {
+    require_root();
+    signal_gives_the_final_report("leak.py", &["200"], libc::SIGINT, "interrupted");
+}
+
+/// Regression: with the ring buffer never empty, the drain loop never let the report clock,
+/// the deadline or the signals run. Against a target that allocates flat out, interval
+/// reports still come out and SIGTERM still ends the trace.
+#[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
+fn sigterm_under_a_busy_target_gives_the_final_report_and_exit_0() {
+    require_root();
+    signal_gives_the_final_report("churn.py", &[], libc::SIGTERM, "terminated");
 }
