@@ -14,31 +14,62 @@ use super::gc::{GC_COLLECTING, GcLayout, gc_layout};
 /// `_Py_DebugOffsets.cookie`.
 pub const COOKIE: &[u8; 8] = b"xdebugpy";
 
-/// The fields of `_Py_DebugOffsets` (3.13.0), named as in C (`group.field`), in C order.
-/// Fields leakscope does not use are kept so the order can be checked against the header.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Raw {
-    pub version: u64,
-    pub free_threaded: u64,
-    pub runtime_state: [u64; 3], // size, finalizing, interpreters_head
-    pub interpreter_state: [u64; 13], // size, id, next, threads_head, gc, imports_modules,
-    // sysdict, builtins, ceval_gil, gil_runtime_state, gil_runtime_state_enabled,
-    // gil_runtime_state_locked, gil_runtime_state_holder
-    pub thread_state: [u64; 9], // size, prev, next, interp, current_frame, thread_id,
-    // native_thread_id, datastack_chunk, status
-    pub interpreter_frame: [u64; 6], // size, previous, executable, instr_ptr, localsplus, owner
-    pub code_object: [u64; 10],      // size, filename, name, qualname, linetable, firstlineno,
-    // argcount, localsplusnames, localspluskinds, co_code_adaptive
-    pub pyobject: [u64; 2],       // size, ob_type
-    pub type_object: [u64; 4],    // size, tp_name, tp_repr, tp_flags
-    pub tuple_object: [u64; 3],   // size, ob_item, ob_size
-    pub list_object: [u64; 3],    // size, ob_item, ob_size
-    pub dict_object: [u64; 3],    // size, ma_keys, ma_values
-    pub float_object: [u64; 2],   // size, ob_fval
-    pub long_object: [u64; 3],    // size, lv_tag, ob_digit
-    pub bytes_object: [u64; 3],   // size, ob_size, ob_sval
-    pub unicode_object: [u64; 4], // size, state, length, asciiobject_size
-    pub gc: [u64; 2],             // size, collecting
+/// Declares one struct per `_Py_DebugOffsets` group with the C field names, `Raw` holding
+/// them all, and the parser that reads the words in declaration (= C) order.
+macro_rules! debug_offsets {
+    ($($group:ident: $ty:ident { $($field:ident),* $(,)? })*) => {
+        $(
+            #[doc = concat!("`_Py_DebugOffsets.", stringify!($group), "`.")]
+            #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+            pub struct $ty {
+                $(pub $field: u64,)*
+            }
+        )*
+        /// All of `_Py_DebugOffsets` (3.13.0), fields named as in C. Fields leakscope does not
+        /// use are kept so the order stays that of the header.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Raw {
+            pub version: u64,
+            pub free_threaded: u64,
+            $(pub $group: $ty,)*
+        }
+        fn read_words(next: &mut impl FnMut() -> u64) -> Raw {
+            // Struct expressions evaluate their fields in the order written.
+            Raw {
+                version: next(),
+                free_threaded: next(),
+                $($group: $ty { $($field: next(),)* },)*
+            }
+        }
+    };
+}
+
+debug_offsets! {
+    runtime_state: RuntimeState { size, finalizing, interpreters_head }
+    interpreter_state: InterpreterState {
+        size, id, next, threads_head, gc, imports_modules, sysdict, builtins, ceval_gil,
+        gil_runtime_state, gil_runtime_state_enabled, gil_runtime_state_locked,
+        gil_runtime_state_holder,
+    }
+    thread_state: ThreadState {
+        size, prev, next, interp, current_frame, thread_id, native_thread_id,
+        datastack_chunk, status,
+    }
+    interpreter_frame: InterpreterFrame { size, previous, executable, instr_ptr, localsplus, owner }
+    code_object: CodeObject {
+        size, filename, name, qualname, linetable, firstlineno, argcount, localsplusnames,
+        localspluskinds, co_code_adaptive,
+    }
+    pyobject: PyObjectOffsets { size, ob_type }
+    type_object: TypeObject { size, tp_name, tp_repr, tp_flags }
+    tuple_object: TupleObject { size, ob_item, ob_size }
+    list_object: ListObject { size, ob_item, ob_size }
+    dict_object: DictObject { size, ma_keys, ma_values }
+    float_object: FloatObject { size, ob_fval }
+    long_object: LongObject { size, lv_tag, ob_digit }
+    bytes_object: BytesObject { size, ob_size, ob_sval }
+    unicode_object: UnicodeObject { size, state, length, asciiobject_size }
+    gc: Gc { size, collecting }
 }
 
 /// Bytes of `_Py_DebugOffsets` in 3.13.0: the cookie and 72 words.
@@ -53,29 +84,9 @@ pub fn parse_313(runtime_section: &[u8]) -> Option<Raw> {
         .get(8..SIZE_313)?
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().unwrap()));
-    let mut next = || words.next().unwrap();
-    fn group<const N: usize>(next: &mut impl FnMut() -> u64) -> [u64; N] {
-        std::array::from_fn(|_| next())
-    }
-    Some(Raw {
-        version: next(),
-        free_threaded: next(),
-        runtime_state: group(&mut next),
-        interpreter_state: group(&mut next),
-        thread_state: group(&mut next),
-        interpreter_frame: group(&mut next),
-        code_object: group(&mut next),
-        pyobject: group(&mut next),
-        type_object: group(&mut next),
-        tuple_object: group(&mut next),
-        list_object: group(&mut next),
-        dict_object: group(&mut next),
-        float_object: group(&mut next),
-        long_object: group(&mut next),
-        bytes_object: group(&mut next),
-        unicode_object: group(&mut next),
-        gc: group(&mut next),
-    })
+    let raw = read_words(&mut || words.next().expect("SIZE_313 covers every field"));
+    debug_assert!(words.next().is_none());
+    Some(raw)
 }
 
 /// The parts of `_Py_DebugOffsets` leakscope uses.
@@ -91,42 +102,41 @@ pub struct DebugOffsets {
 }
 
 impl Raw {
-    /// `runtime_state.interpreters_head`.
-    pub fn interpreters_head(&self) -> u64 {
-        self.runtime_state[2]
-    }
     /// The stack walk's offsets, as a `StackLayout` (the line table kind is not in the
     /// offsets: 3.13 uses the 3.11 location table).
     pub fn stack_layout(&self) -> StackLayout {
-        let (i, t, f, c) = (
-            &self.interpreter_state,
+        let (t, f, c) = (
             &self.thread_state,
             &self.interpreter_frame,
             &self.code_object,
         );
         StackLayout {
-            runtime_off: self.interpreters_head(),
-            gil_ptr_off: Some(i[8]),    // ceval_gil
-            native_tid_off: Some(t[6]), // native_thread_id
-            frame_path: (t[4], None),   // current_frame
-            frame_code: f[2],           // executable
-            frame_prev: f[1],           // previous
-            frame_instr: f[3],          // instr_ptr
+            runtime_off: self.runtime_state.interpreters_head,
+            gil_ptr_off: Some(self.interpreter_state.ceval_gil),
+            native_tid_off: Some(t.native_thread_id),
+            frame_path: (t.current_frame, None),
+            frame_code: f.executable,
+            frame_prev: f.previous,
+            frame_instr: f.instr_ptr,
             instr: Instr::Pointer {
-                code_adaptive: c[9], // co_code_adaptive
+                code_adaptive: c.co_code_adaptive,
             },
-            co_firstlineno: c[5],
-            co_filename: c[1],
-            co_name: c[2],
-            co_qualname: Some(c[3]),
-            co_linetable: c[4],
+            co_firstlineno: c.firstlineno,
+            co_filename: c.filename,
+            co_name: c.name,
+            co_qualname: Some(c.qualname),
+            co_linetable: c.linetable,
             table: super::linetable::TableKind::Locations311,
         }
     }
-    /// `gil_runtime_state_holder` and `_locked`, relative to `gil_runtime_state`.
+    /// `gil_runtime_state_holder` and `_locked`, relative to `gil_runtime_state`: the
+    /// offsets of `last_holder` and `locked` in `struct _gil_runtime_state`.
     pub fn gil_fields(&self) -> (u64, u64) {
         let i = &self.interpreter_state;
-        (i[12].wrapping_sub(i[9]), i[11].wrapping_sub(i[9]))
+        (
+            i.gil_runtime_state_holder.wrapping_sub(i.gil_runtime_state),
+            i.gil_runtime_state_locked.wrapping_sub(i.gil_runtime_state),
+        )
     }
 }
 
@@ -136,11 +146,11 @@ pub fn debug_offsets_313(runtime_section: &[u8]) -> Option<DebugOffsets> {
         version: raw.version,
         free_threaded: raw.free_threaded != 0,
         gc: GcLayout {
-            interpreters_head: raw.interpreters_head(),
-            interp_next: raw.interpreter_state[2],
-            interp_gc: raw.interpreter_state[4],
+            interpreters_head: raw.runtime_state.interpreters_head,
+            interp_next: raw.interpreter_state.next,
+            interp_gc: raw.interpreter_state.gc,
         },
-        gc_collecting: raw.gc[1],
+        gc_collecting: raw.gc.collecting,
         raw,
     })
 }
@@ -234,26 +244,26 @@ mod tests {
         assert_eq!(d.raw.gil_fields(), (GIL_LAST_HOLDER, GIL_LOCKED));
         let r = &d.raw;
         // Object layouts the rest of leakscope uses as constants.
-        assert_eq!(r.pyobject[1], cpython::OB_TYPE);
-        assert_eq!(r.type_object[1], cpython::TP_NAME);
-        assert_eq!(r.type_object[3], cpython::TP_FLAGS);
+        assert_eq!(r.pyobject.ob_type, cpython::OB_TYPE);
+        assert_eq!(r.type_object.tp_name, cpython::TP_NAME);
+        assert_eq!(r.type_object.tp_flags, cpython::TP_FLAGS);
         assert_eq!(
-            (r.list_object[1], r.list_object[2]),
+            (r.list_object.ob_item, r.list_object.ob_size),
             (cpython::LIST_ITEMS, cpython::LIST_SIZE)
         );
         assert_eq!(
-            (r.dict_object[0], r.dict_object[1]),
+            (r.dict_object.size, r.dict_object.ma_keys),
             (dict::OBJECT_SIZE, dict::MA_KEYS)
         );
         assert_eq!(
-            (r.bytes_object[1], r.bytes_object[2]),
+            (r.bytes_object.ob_size, r.bytes_object.ob_sval),
             (cpython::BYTES_SIZE, cpython::BYTES_DATA)
         );
         assert_eq!(
             (
-                r.unicode_object[1],
-                r.unicode_object[2],
-                r.unicode_object[3]
+                r.unicode_object.state,
+                r.unicode_object.length,
+                r.unicode_object.asciiobject_size
             ),
             (
                 cpython::STR_STATE,
