@@ -17,7 +17,7 @@ pub const MAX_OBJECTS: u64 = 50_000_000;
 const MAX_INTERPRETERS: usize = 64;
 const MAX_RESTARTS: usize = 100;
 /// `PyDictObject` with its GC head (48 + 16); its key table and values are not included.
-const DICT_OBJECT_BYTES: u64 = 64;
+const DICT_OBJECT_BYTES: u64 = cpython::dict::OBJECT_SIZE + cpython::GC_HEAD_SIZE;
 
 /// Counts a restart of a list walk; true when the list must be given up (cut) instead.
 fn out_of_restarts(restarts: &mut usize, stats: &mut WalkStats) -> bool {
@@ -160,7 +160,11 @@ impl<'a> Walker<'a> {
             cpython::Beside::Values => bytes += self.values_bytes(ob_type),
             cpython::Beside::Dict(d) => {
                 // _gc_next == 0: not tracked, so not on any list: count it with its owner.
-                if self.mem.u64(d - 16).is_ok_and(|next| next == 0) {
+                if self
+                    .mem
+                    .u64(d - cpython::GC_HEAD_SIZE)
+                    .is_ok_and(|next| next == 0)
+                {
                     bytes += DICT_OBJECT_BYTES;
                 }
             }
@@ -179,9 +183,9 @@ impl<'a> Walker<'a> {
             if t == 0 || !t.is_multiple_of(8) {
                 return Some(false);
             }
-            let meta = self.mem.u64(t + 8).ok()?;
+            let meta = self.mem.u64(t + cpython::OB_TYPE).ok()?;
             let meta_ok = meta == self.type_type
-                || (self.mem.u64(meta + 8).ok()? == self.type_type
+                || (self.mem.u64(meta + cpython::OB_TYPE).ok()? == self.type_type
                     && self.mem.u64(meta + cpython::TP_FLAGS).ok()?
                         & cpython::TPFLAGS_TYPE_SUBCLASS
                         != 0);
@@ -250,7 +254,7 @@ impl<'a> Walker<'a> {
         // From op-32 (the managed-dict pre-header, 3.11+): [op-32, op-24, _gc_next, _gc_prev,
         // ob_refcnt, ob_type, ob_size]; the 16 bytes before the GC head are always mapped
         // (pool header or the previous block), but if not, the head alone is read.
-        let mut buf = [0u8; 56];
+        let mut buf = [0u8; cpython::window::BYTES];
         let mut restarts = 0;
         'restart: loop {
             let mut pass = HashSet::new();
@@ -260,13 +264,17 @@ impl<'a> Walker<'a> {
                 census.stats.lists_cut += 1;
                 return;
             };
-            let mut g = first & !3;
+            let mut g = cpython::gc_next_ptr(first);
             while g != head {
                 if heads.contains(&g) {
                     // A collection merged our list into an older one (which leaves our
                     // head empty): the rest is counted with that list. Otherwise a node we
                     // came through was freed and reused in another list: start over.
-                    if self.mem.u64(head).is_ok_and(|n| n & !3 == head) {
+                    if self
+                        .mem
+                        .u64(head)
+                        .is_ok_and(|n| cpython::gc_next_ptr(n) == head)
+                    {
                         return;
                     }
                     if out_of_restarts(&mut restarts, &mut census.stats) {
@@ -300,11 +308,18 @@ impl<'a> Walker<'a> {
                         continue 'restart;
                     }
                 }
-                let read = self.mem.read(g - 16, &mut buf).is_ok() || {
-                    buf[..16].fill(0);
-                    self.mem.read(g, &mut buf[16..]).is_ok()
-                };
-                let consistent = read && word(&buf, 3) & !3 == prev;
+                let read = self
+                    .mem
+                    .read(g - cpython::window::HEAD_AT as u64, &mut buf)
+                    .is_ok()
+                    || {
+                        buf[..cpython::window::HEAD_AT].fill(0);
+                        self.mem
+                            .read(g, &mut buf[cpython::window::HEAD_AT..])
+                            .is_ok()
+                    };
+                let consistent =
+                    read && cpython::gc_prev_ptr(word(&buf, cpython::window::GC_PREV)) == prev;
                 if !consistent {
                     if let Some(next) = self.resync(prev, g) {
                         g = next;
@@ -317,9 +332,17 @@ impl<'a> Walker<'a> {
                 }
                 if seen.insert(g) {
                     census.stats.objects += 1;
-                    let (ob_type, ob_size) = (word(&buf, 5), word(&buf, 6) as i64);
+                    let (ob_type, ob_size) = (
+                        word(&buf, cpython::window::OB_TYPE),
+                        word(&buf, cpython::window::OB_SIZE) as i64,
+                    );
                     if self.valid_type(ob_type) {
-                        let bytes = self.bytes(ob_type, ob_size, word(&buf, 0), word(&buf, 1));
+                        let bytes = self.bytes(
+                            ob_type,
+                            ob_size,
+                            word(&buf, cpython::window::M32),
+                            word(&buf, cpython::window::M24),
+                        );
                         let e = census.types.entry(ob_type).or_default();
                         e.0 += 1;
                         e.1 += bytes;
@@ -328,7 +351,7 @@ impl<'a> Walker<'a> {
                     }
                 }
                 prev = g;
-                g = word(&buf, 2) & !3;
+                g = cpython::gc_next_ptr(word(&buf, cpython::window::GC_NEXT));
             }
             return;
         }
@@ -336,11 +359,11 @@ impl<'a> Walker<'a> {
 
     /// After a torn link at `bad`: `prev`'s successor now, if it links back to `prev`.
     fn resync(&self, prev: u64, bad: u64) -> Option<u64> {
-        let next = self.mem.u64(prev).ok()? & !3;
+        let next = cpython::gc_next_ptr(self.mem.u64(prev).ok()?);
         if next == bad || next == 0 {
             return None;
         }
-        (self.mem.u64(next + 8).ok()? & !3 == prev).then_some(next)
+        (cpython::gc_prev_ptr(self.mem.u64(next + cpython::GC_PREV).ok()?) == prev).then_some(next)
     }
 
     /// `gc.garbage`: a list object; each item validated like a list entry.
@@ -360,7 +383,7 @@ impl<'a> Walker<'a> {
                 break;
             };
             let mut buf = [0u8; 16];
-            if self.mem.read(obj + 8, &mut buf).is_err() {
+            if self.mem.read(obj + cpython::OB_TYPE, &mut buf).is_err() {
                 census.stats.skipped_invalid += 1;
                 continue;
             }
@@ -371,8 +394,13 @@ impl<'a> Walker<'a> {
                 continue;
             }
             let mut pre = [0u8; 16];
-            let _ = self.mem.read(obj - 32, &mut pre);
-            let bytes = self.bytes(ob_type, ob_size, word(&pre, 0), word(&pre, 1));
+            let _ = self.mem.read(obj - cpython::MANAGED_PREHEADER_AT, &mut pre);
+            let bytes = self.bytes(
+                ob_type,
+                ob_size,
+                word(&pre, cpython::window::M32),
+                word(&pre, cpython::window::M24),
+            );
             let e = census.garbage.entry(ob_type).or_default();
             e.0 += 1;
             e.1 += bytes;

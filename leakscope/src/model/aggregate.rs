@@ -180,10 +180,10 @@ impl Aggregator {
             self.ignored_births += 1;
             return;
         };
-        let mut k = 16;
+        let mut k = crate::cpython::PREHEADER_STEP;
         while k <= b.preheader {
             self.retire(addr - k);
-            k += 16;
+            k += crate::cpython::PREHEADER_STEP;
         }
         let snapshots = self.times.len();
         self.types
@@ -212,7 +212,7 @@ impl Aggregator {
         if self.retire(addr) {
             return;
         }
-        for k in [16, 32] {
+        for k in crate::cpython::PREHEADER_SIZES {
             if self
                 .objects
                 .get(&(addr + k))

@@ -121,7 +121,7 @@ impl Symbolizer {
     }
 
     fn read_code(&self, code: u64) -> Option<CodeInfo> {
-        if code == 0 || self.mem.u64(code + 8).ok()? != self.code_type {
+        if code == 0 || self.mem.u64(code + cpython::OB_TYPE).ok()? != self.code_type {
             return None;
         }
         let l = &self.layout;
@@ -155,11 +155,15 @@ impl Symbolizer {
     fn str(&self, s: u64) -> Option<String> {
         let len = self.mem.u64(s + cpython::STR_LENGTH).ok()?;
         let state = self.mem.u64(s + cpython::STR_STATE).ok()? as u32;
-        let (kind, compact, ascii) = ((state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1);
-        if compact == 0 || len > 4096 {
+        let cpython::StrState {
+            kind,
+            compact,
+            ascii,
+        } = cpython::str_state(state);
+        if !compact || len > 4096 {
             return None;
         }
-        let data = s + if ascii == 1 {
+        let data = s + if ascii {
             cpython::ascii_data_offset(self.version)
         } else {
             cpython::compact_data_offset(self.version)
@@ -167,7 +171,7 @@ impl Symbolizer {
         let mut buf = vec![0u8; (len * kind.max(1) as u64) as usize];
         self.mem.read(data, &mut buf).ok()?;
         Some(match kind {
-            1 if ascii == 1 => String::from_utf8_lossy(&buf).into_owned(),
+            1 if ascii => String::from_utf8_lossy(&buf).into_owned(),
             1 => buf.iter().map(|&b| b as char).collect(),
             2 => char::decode_utf16(
                 buf.chunks_exact(2)

@@ -111,21 +111,21 @@ impl Resolver {
             let (_log2_size, log2_index_bytes, kind) = (h[0], h[1], h[2]);
             let n = self.mem.u64(keys + dict::DK_NENTRIES_311).ok()?;
             let entries = keys + dict::DK_INDICES_311 + (1u64 << log2_index_bytes);
-            if kind == 0 {
-                (entries, n, 24, 8)
+            if kind == dict::DK_KIND_GENERAL {
+                (entries, n, dict::GENERAL_ENTRY, dict::GENERAL_ENTRY_KEY)
             } else {
-                (entries, n, 16, 0)
+                (entries, n, dict::UNICODE_ENTRY, dict::UNICODE_ENTRY_KEY)
             }
         } else {
             let size = self.mem.u64(keys + dict::DK_SIZE_39).ok()?;
             let n = self.mem.u64(keys + dict::DK_NENTRIES_39).ok()?;
-            let width = match size {
-                0..=0xff => 1,
-                0x100..=0xffff => 2,
-                0x1_0000..=0xffff_ffff => 4,
-                _ => 8,
-            };
-            (keys + dict::DK_INDICES_39 + size * width, n, 24, 8)
+            let width = dict::index_width_39(size);
+            (
+                keys + dict::DK_INDICES_39 + size * width,
+                n,
+                dict::GENERAL_ENTRY,
+                dict::GENERAL_ENTRY_KEY,
+            )
         };
         for i in 0..n.min(256) {
             let e = entries + i * stride;
@@ -141,8 +141,8 @@ impl Resolver {
     fn ascii(&self, s: u64) -> Option<String> {
         let len = self.mem.u64(s + cpython::STR_LENGTH).ok()?;
         let state = self.mem.u64(s + cpython::STR_STATE).ok()? as u32;
-        let (compact, ascii) = (state >> 5 & 1, state >> 6 & 1);
-        if compact == 0 || ascii == 0 || len > 512 {
+        let cpython::StrState { compact, ascii, .. } = cpython::str_state(state);
+        if !compact || !ascii || len > 512 {
             return None;
         }
         let mut buf = vec![0u8; len as usize];
