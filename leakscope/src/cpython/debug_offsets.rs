@@ -281,20 +281,20 @@ mod tests {
         );
     }
 
-    /// The fixture is what the project's own ELF reader finds in the library, where the
-    /// library is installed (pyenv's 3.13.0 on the development machine).
+    /// The fixture is what the project's own ELF reader finds in pyenv's 3.13.0 library.
+    /// Needs that interpreter (the test machine has it), so it is run by `cargo xtask test`
+    /// (`--include-ignored`) and fails when the library is missing: never a silent pass.
     #[test]
+    #[ignore = "needs pyenv's 3.13.0; `cargo xtask test` runs it"]
     fn fixture_matches_installed_library() {
-        let Some(root) = std::env::var_os("PYENV_ROOT")
+        let root = std::env::var_os("PYENV_ROOT")
             .map(std::path::PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".pyenv")))
-        else {
-            return;
-        };
+            .unwrap_or_else(|| {
+                std::path::Path::new(&std::env::var_os("HOME").expect("HOME")).join(".pyenv")
+            });
         let lib = root.join("versions/3.13.0/lib/libpython3.13.so.1.0");
-        let Ok(bin) = crate::target::elf::Binary::open(&lib) else {
-            return; // not installed here
-        };
+        let bin = crate::target::elf::Binary::open(&lib)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", lib.display()));
         let section = bin.section(".PyRuntime").expect(".PyRuntime");
         let bytes = fixture();
         assert_eq!(&section[..bytes.len()], &bytes[..]);

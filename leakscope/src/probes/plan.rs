@@ -293,9 +293,12 @@ fn writes_register(i: &iced_x86::Instruction, reg: Register) -> bool {
 
 /// The BPF stack walker's settings for this interpreter (`None`: this version has no
 /// stack layout, or `_PyRuntime` is not exported).
-pub fn stack_config(interp: &Interpreter, timing: bool) -> Option<leakscope_common::StackConfig> {
+pub fn stack_config(
+    interp: &Interpreter,
+    l: &crate::cpython::StackLayout,
+    timing: bool,
+) -> Option<leakscope_common::StackConfig> {
     use leakscope_common::{FRAME_WINDOW_WORDS, NO_OFFSET, StackConfig};
-    let l = crate::cpython::stack_layout(interp.version)?;
     let runtime = interp.runtime_addr("_PyRuntime")?;
     let read = l.frame_code.max(l.frame_prev).max(l.frame_instr) + 8;
     if read > 8 * FRAME_WINDOW_WORDS as u64 {

@@ -173,12 +173,22 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
     if cfg.placement == Placement::Entries {
         plan.at_entries();
     }
-    let stack_config = cfg
-        .stacks
-        .then(|| plan::stack_config(&interp, cfg.stats))
-        .flatten();
-    let symbolizer = stack_config.and_then(|_| {
-        let layout = cpython::stack_layout(interp.version)?;
+    // 3.13+: the layout comes from the interpreter's own _Py_DebugOffsets, cross-checked.
+    let layout = if cfg.stacks {
+        match cpython::stack_layout_from(interp.version, interp.binary.section(".PyRuntime")) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("leakscope: tracing without Python stacks: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let stack_config = layout
+        .as_ref()
+        .and_then(|l| plan::stack_config(&interp, l, cfg.stats));
+    let symbolizer = stack_config.and(layout).and_then(|layout| {
         let code_type = interp.runtime_addr("PyCode_Type")?;
         Some(Symbolizer::new(
             process.memory(),
