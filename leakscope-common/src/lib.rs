@@ -105,6 +105,44 @@ pub struct StackConfig {
 
 pub const NO_OFFSET: u64 = u64::MAX;
 
+/// Names of what the object holds and user space opens. The BPF side's `#[map]` and
+/// program macros take only literals, so these are not used there: `check_object` (user
+/// space) and its test hold the two sides together.
+pub mod names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const HITS: &str = "HITS";
+    pub const DROPS: &str = "DROPS";
+    pub const WALK: &str = "WALK";
+    pub const CONFIG: &str = "CONFIG";
+    pub const STACKS: &str = "STACKS";
+    /// Which (probe, drop kind) pairs already logged their first failure.
+    pub const LOGGED: &str = "LOGGED";
+    /// aya-log's ring buffer (the name `aya_log_ebpf` gives it).
+    pub const AYA_LOGS: &str = "AYA_LOGS";
+    /// Maps user space expects, in the order it opens them.
+    pub const MAPS: [&str; 8] = [EVENTS, HITS, DROPS, WALK, CONFIG, STACKS, LOGGED, AYA_LOGS];
+
+    pub const BIRTH_ARG0: &str = "birth_arg0";
+    pub const BIRTH_RET: &str = "birth_ret";
+    pub const FREE_ARG0: &str = "free_arg0";
+    pub const FREE_ARG1: &str = "free_arg1";
+    pub const PROGRAMS: [&str; 4] = [BIRTH_ARG0, BIRTH_RET, FREE_ARG0, FREE_ARG1];
+
+    /// `u8` global: non-zero makes the programs log their first failures (`-v`). Read-only
+    /// data, so with it 0 the verifier drops the logging code altogether.
+    pub const LOG_ENABLED: &str = "LOG_ENABLED";
+    pub const GLOBALS: [&str; 1] = [LOG_ENABLED];
+}
+
+// The layouts both sides compile against; a field added or reordered fails here, on both
+// sides, before it can be misread through a map.
+const _: () = assert!(size_of::<Event>() == 40 && align_of::<Event>() == 8);
+const _: () = assert!(size_of::<RawFrame>() == 16 && align_of::<RawFrame>() == 8);
+const _: () = assert!(size_of::<RawStack>() == 8 + 16 * MAX_FRAMES && align_of::<RawStack>() == 8);
+const _: () = assert!(size_of::<StackConfig>() == 16 + 9 * 8 && align_of::<StackConfig>() == 8);
+// Drop kinds index a per-probe bit mask in `LOGGED`.
+const _: () = assert!(DROP_KINDS <= 32);
+
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Event {}
 #[cfg(feature = "user")]

@@ -1,11 +1,14 @@
 //! BPF side of leakscope: uprobes on the target interpreter that turn object births and
 //! memory frees into `Event`s in one ring buffer. No aggregation happens here: user space
 //! owns the live set, so this side stays small and every loss is counted in `DROPS`.
+//!
+//! Map and program names here are literals (the macros take no constants); they must equal
+//! `leakscope_common::names`, which user space checks against the built object.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    EbpfContext,
+    EbpfContext, Global,
     bindings::{BPF_F_NO_PREALLOC, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
@@ -15,6 +18,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
 };
+use aya_log_ebpf::warn;
 use leakscope_common::{
     DROP_FRAME_READ_FAILED, DROP_KINDS, DROP_NO_TSTATE, DROP_READ_FAILED, DROP_RINGBUF_FULL,
     DROP_STACK_MAP_FULL, EVENT_BIRTH, EVENT_FREE, Event, FRAME_WINDOW_WORDS, MAX_FRAMES,
@@ -53,6 +57,38 @@ struct Scratch {
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// Set to 1 by user space under `-v`. Read-only data: with it 0 the verifier sees every
+/// logging branch as dead and removes it, so logging costs nothing when off.
+#[unsafe(no_mangle)]
+static LOG_ENABLED: Global<u8> = Global::new(0);
+
+/// Per probe, one bit per drop kind that has already been logged: a failure is logged the
+/// first time only (every one is counted in `DROPS`).
+#[map]
+static LOGGED: Array<u32> = Array::with_max_entries(MAX_PROBES, 0);
+
+/// Counts a loss and says whether to log it: logging is on and this is the probe's first
+/// loss of this kind. The bit is set without an atomic: two CPUs racing on the very first
+/// failure may both log it, which is harmless.
+#[inline(always)]
+fn lost(probe: u32, kind: u32) -> bool {
+    bump(&DROPS, kind);
+    if LOG_ENABLED.load() == 0 {
+        return false;
+    }
+    let Some(bits) = LOGGED.get_ptr_mut(probe) else {
+        return false;
+    };
+    let bit = 1u32 << (kind & 31);
+    unsafe {
+        if *bits & bit != 0 {
+            return false;
+        }
+        *bits |= bit;
+    }
+    true
+}
+
 #[inline(always)]
 fn bump(map: &PerCpuArray<u64>, index: u32) {
     if let Some(slot) = map.get_ptr_mut(index) {
@@ -70,7 +106,15 @@ fn probe_id<C: EbpfContext>(ctx: &C) -> u32 {
 }
 
 #[inline(always)]
-fn emit(kind: u32, probe: u32, addr: u64, type_ptr: u64, ob_size: i64, stack_id: u64) {
+fn emit<C: EbpfContext>(
+    ctx: &C,
+    kind: u32,
+    probe: u32,
+    addr: u64,
+    type_ptr: u64,
+    ob_size: i64,
+    stack_id: u64,
+) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(Event {
@@ -84,7 +128,14 @@ fn emit(kind: u32, probe: u32, addr: u64, type_ptr: u64, ob_size: i64, stack_id:
             // User space polls; waking it per event would cost more than the event.
             entry.submit(BPF_RB_NO_WAKEUP as u64);
         }
-        None => bump(&DROPS, DROP_RINGBUF_FULL),
+        None => {
+            if lost(probe, DROP_RINGBUF_FULL) {
+                warn!(
+                    ctx,
+                    "probe {}: ring buffer full, events are being lost", probe
+                );
+            }
+        }
     }
 }
 
@@ -96,16 +147,33 @@ struct TypeAndSize {
 }
 
 #[inline(always)]
-fn birth(probe: u32, obj: u64) {
+fn birth<C: EbpfContext>(ctx: &C, probe: u32, obj: u64) {
     if obj == 0 {
         return; // a failed allocation
     }
     match unsafe { bpf_probe_read_user((obj + 8) as *const TypeAndSize) } {
         Ok(ts) => {
-            let stack_id = capture_stack();
-            emit(EVENT_BIRTH, probe, obj, ts.ob_type, ts.ob_size, stack_id)
+            let stack_id = capture_stack(ctx, probe);
+            emit(
+                ctx,
+                EVENT_BIRTH,
+                probe,
+                obj,
+                ts.ob_type,
+                ts.ob_size,
+                stack_id,
+            )
         }
-        Err(_) => bump(&DROPS, DROP_READ_FAILED),
+        Err(_) => {
+            if lost(probe, DROP_READ_FAILED) {
+                warn!(
+                    ctx,
+                    "probe {}: cannot read the object at 0x{:x} (later failures are only counted)",
+                    probe,
+                    obj
+                );
+            }
+        }
     }
 }
 
@@ -145,7 +213,7 @@ fn current_tstate(cfg: &StackConfig) -> Option<u64> {
 /// Walks the Python frame chain (one read per frame), interns the stack and returns its id
 /// (a 64-bit FNV-1a hash of the frames; 0 = no stack).
 #[inline(always)]
-fn capture_stack() -> u64 {
+fn capture_stack<C: EbpfContext>(ctx: &C, probe: u32) -> u64 {
     let Some(cfg) = CONFIG.get(0) else { return 0 };
     if cfg.mode == 0 {
         return 0;
@@ -156,7 +224,16 @@ fn capture_stack() -> u64 {
         0
     };
     let Some(tstate) = current_tstate(cfg) else {
-        bump(&DROPS, DROP_NO_TSTATE);
+        if lost(probe, DROP_NO_TSTATE) {
+            warn!(
+                ctx,
+                "probe {}: no Python thread state for thread {} (stack mode {}); births \
+                 without one are kept, without a stack",
+                probe,
+                bpf_get_current_pid_tgid() as u32,
+                cfg.mode
+            );
+        }
         return 0;
     };
     let Some(mut frame) = read_u64(tstate + cfg.frame_off1) else {
@@ -199,7 +276,12 @@ fn capture_stack() -> u64 {
             )
         } == 0;
         if !ok {
-            bump(&DROPS, DROP_FRAME_READ_FAILED);
+            if lost(probe, DROP_FRAME_READ_FAILED) {
+                warn!(
+                    ctx,
+                    "probe {}: cannot read the frame at 0x{:x}", probe, frame
+                );
+            }
             truncated = 1;
             frame = 0;
             break;
@@ -224,7 +306,9 @@ fn capture_stack() -> u64 {
     hash = (hash ^ (depth as u64) ^ ((truncated as u64) << 32)).wrapping_mul(0x0000_0100_0000_01b3);
     let id = hash | 1;
     if unsafe { STACKS.get(&id) }.is_none() && STACKS.insert(&id, &scratch.stack, 0).is_err() {
-        bump(&DROPS, DROP_STACK_MAP_FULL);
+        if lost(probe, DROP_STACK_MAP_FULL) {
+            warn!(ctx, "probe {}: the stack map is full", probe);
+        }
         return 0;
     }
     add(&WALK, WALK_COUNT, 1);
@@ -246,7 +330,7 @@ fn add(map: &PerCpuArray<u64>, index: u32, n: u64) {
 #[uprobe]
 pub fn birth_arg0(ctx: ProbeContext) -> u32 {
     let probe = probe_id(&ctx);
-    birth(probe, ctx.arg::<u64>(0).unwrap_or(0));
+    birth(&ctx, probe, ctx.arg::<u64>(0).unwrap_or(0));
     0
 }
 
@@ -254,7 +338,7 @@ pub fn birth_arg0(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn birth_ret(ctx: RetProbeContext) -> u32 {
     let probe = probe_id(&ctx);
-    birth(probe, ctx.ret::<u64>());
+    birth(&ctx, probe, ctx.ret::<u64>());
     0
 }
 
@@ -264,7 +348,7 @@ pub fn free_arg0(ctx: ProbeContext) -> u32 {
     let probe = probe_id(&ctx);
     let addr = ctx.arg::<u64>(0).unwrap_or(0);
     if addr != 0 {
-        emit(EVENT_FREE, probe, addr, 0, 0, 0);
+        emit(&ctx, EVENT_FREE, probe, addr, 0, 0, 0);
     }
     0
 }
@@ -275,7 +359,7 @@ pub fn free_arg1(ctx: ProbeContext) -> u32 {
     let probe = probe_id(&ctx);
     let addr = ctx.arg::<u64>(1).unwrap_or(0);
     if addr != 0 {
-        emit(EVENT_FREE, probe, addr, 0, 0, 0);
+        emit(&ctx, EVENT_FREE, probe, addr, 0, 0, 0);
     }
     0
 }

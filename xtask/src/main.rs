@@ -109,6 +109,14 @@ fn build_ebpf() -> Result<()> {
     if !obj.exists() {
         bail!("{} was not produced", obj.display());
     }
+    // `leakscope/build.rs` refuses an object older than the BPF sources. Cargo leaves the
+    // object alone when a change needs no rebuild (a manifest edit that changes nothing), so
+    // mark it as current: it was just built from these sources.
+    std::fs::File::options()
+        .write(true)
+        .open(&obj)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+        .with_context(|| format!("marking {} as current", obj.display()))?;
     eprintln!("BPF object: {}", obj.display());
     Ok(())
 }

@@ -11,16 +11,93 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
+use aya_log::EbpfLogger;
 use leakscope_common::{
     DROP_FRAME_READ_FAILED, DROP_NO_TSTATE, DROP_READ_FAILED, DROP_RINGBUF_FULL,
     DROP_STACK_MAP_FULL, Event, MAX_PROBES, RawStack, StackConfig, WALK_COUNT, WALK_FRAMES,
-    WALK_NS, WALK_TRUNCATED,
+    WALK_NS, WALK_TRUNCATED, names,
 };
+use object::{Object, ObjectSection, ObjectSymbol, read::elf::ElfFile64};
 use std::{num::NonZeroU32, os::fd::OwnedFd};
 
 static BPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakscope.bpf.o"));
-pub const PROGRAMS: [&str; 4] = ["birth_arg0", "birth_ret", "free_arg0", "free_arg1"];
+pub const PROGRAMS: [&str; 4] = names::PROGRAMS;
+
+/// The BPF object this binary embeds (empty when it was built without one).
+pub fn embedded_object() -> &'static [u8] {
+    BPF_OBJECT
+}
+
+/// Checks that `object` holds every program, map and global user space uses, by the names in
+/// `leakscope_common::names`; the error lists everything missing. Reads the ELF file only
+/// (no privileges needed), so a stale or mismatched object is named before anything loads.
+pub fn check_object(object: &[u8]) -> Result<()> {
+    let elf = ElfFile64::<object::Endianness>::parse(object)
+        .map_err(|e| anyhow!("the embedded BPF object is not a 64-bit ELF file: {e}"))?;
+    let mut found = Vec::new();
+    for sym in elf.symbols() {
+        let (Ok(name), Some(index)) = (sym.name(), sym.section_index()) else {
+            continue;
+        };
+        let Ok(section) = elf.section_by_index(index).and_then(|s| s.name()) else {
+            continue;
+        };
+        found.push((section.to_string(), name.to_string()));
+    }
+    let missing = missing_parts(&found);
+    if !missing.is_empty() {
+        bail!(
+            "the embedded BPF object does not match this leakscope: it lacks {}; rebuild it \
+             with `cargo xtask build-ebpf`, then rebuild leakscope",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// What of `names` is not among `(section, symbol)`: programs live in `uprobe*`/`uretprobe*`
+/// sections, maps in `maps`, globals in read-only data.
+fn missing_parts(found: &[(String, String)]) -> Vec<String> {
+    let has = |name: &str, section: &dyn Fn(&str) -> bool| {
+        found.iter().any(|(s, n)| n == name && section(s))
+    };
+    let program = |s: &str| s.starts_with("uprobe") || s.starts_with("uretprobe");
+    let map = |s: &str| s == "maps";
+    let global = |s: &str| s.starts_with(".rodata");
+    let mut missing = vec![];
+    for name in names::PROGRAMS {
+        if !has(name, &program) {
+            missing.push(format!("program {name}"));
+        }
+    }
+    for name in names::MAPS {
+        if !has(name, &map) {
+            missing.push(format!("map {name}"));
+        }
+    }
+    for name in names::GLOBALS {
+        if !has(name, &global) {
+            missing.push(format!("global {name}"));
+        }
+    }
+    missing
+}
+
+/// Where `-v` sends the BPF programs' log lines: stderr, beside leakscope's own messages.
+struct BpfLog;
+
+impl log::Log for BpfLog {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        eprintln!("leakscope: bpf: {}", record.args());
+    }
+
+    fn flush(&self) {}
+}
 
 pub struct Tracer {
     ebpf: Ebpf,
@@ -29,6 +106,8 @@ pub struct Tracer {
     drops: PerCpuArray<MapData, u64>,
     walk: PerCpuArray<MapData, u64>,
     stacks: BpfHashMap<MapData, u64, RawStack>,
+    /// The programs' log (`-v` only), printed from `drain`.
+    logger: Option<EbpfLogger<BpfLog>>,
     /// Ring-buffer records too short to be an event (counted, never decoded).
     short_records: u64,
     _stats: Option<OwnedFd>,
@@ -80,13 +159,14 @@ impl Tracer {
         let AttachOptions {
             stats,
             stack_config,
-            verbose: _,
+            verbose,
         } = *opts;
         if BPF_OBJECT.is_empty() {
             bail!(
                 "this leakscope was built without its BPF object: run `cargo xtask build-ebpf`, then rebuild"
             );
         }
+        check_object(BPF_OBJECT)?;
         if plan.probes.len() > MAX_PROBES as usize {
             bail!(
                 "{} probes planned, at most {MAX_PROBES} fit",
@@ -109,26 +189,44 @@ impl Tracer {
         } else {
             None
         };
-        let mut ebpf = EbpfLoader::new().load(BPF_OBJECT).map_err(explain)?;
+        let log_enabled = u8::from(verbose);
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::LOG_ENABLED, &log_enabled, true)
+            .load(BPF_OBJECT)
+            .map_err(explain)?;
+        // Taken before the programs load: they refer to its ring buffer, which must stay open.
+        let logger = if verbose {
+            Some(
+                EbpfLogger::init_with_logger(&mut ebpf, BpfLog)
+                    .context("opening the BPF programs' log")?,
+            )
+        } else {
+            None
+        };
         for name in PROGRAMS {
-            let prog: &mut UProbe = ebpf.program_mut(name).unwrap().try_into()?;
-            prog.load()
+            uprobe(&mut ebpf, name)?
+                .load()
                 .map_err(|e| explain(e).context(format!("loading BPF program {name}")))?;
         }
-        Array::<_, StackConfig>::try_from(ebpf.map_mut("CONFIG").unwrap())?.set(
-            0,
-            stack_config,
-            0,
-        )?;
+        let config = ebpf
+            .map_mut(names::CONFIG)
+            .with_context(|| format!("the BPF object has no map {}", names::CONFIG))?;
+        Array::<_, StackConfig>::try_from(config)?
+            .set(0, stack_config, 0)
+            .context("writing the stack walker's settings")?;
         let pid = NonZeroU32::new(pid).context("pid 0")?;
         for (i, spec) in plan.probes.iter().enumerate() {
             attach_one(&mut ebpf, i as u64, spec, pid)?;
         }
-        let events = RingBuf::try_from(ebpf.take_map("EVENTS").unwrap())?;
-        let hits = PerCpuArray::try_from(ebpf.take_map("HITS").unwrap())?;
-        let drops = PerCpuArray::try_from(ebpf.take_map("DROPS").unwrap())?;
-        let walk = PerCpuArray::try_from(ebpf.take_map("WALK").unwrap())?;
-        let stacks = BpfHashMap::try_from(ebpf.take_map("STACKS").unwrap())?;
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("the BPF object has no map {name}"))
+        };
+        let events = RingBuf::try_from(take(names::EVENTS)?)?;
+        let hits = PerCpuArray::try_from(take(names::HITS)?)?;
+        let drops = PerCpuArray::try_from(take(names::DROPS)?)?;
+        let walk = PerCpuArray::try_from(take(names::WALK)?)?;
+        let stacks = BpfHashMap::try_from(take(names::STACKS)?)?;
         Ok(Tracer {
             ebpf,
             events,
@@ -136,6 +234,7 @@ impl Tracer {
             drops,
             walk,
             stacks,
+            logger,
             short_records: 0,
             _stats,
         })
@@ -144,6 +243,10 @@ impl Tracer {
     /// Moves at most `max` queued events into `out`; true when it stopped at `max` (more
     /// may be waiting).
     pub fn drain(&mut self, out: &mut Vec<Event>, max: usize) -> bool {
+        // Log lines are rare (first failures only): printing them each drain is enough.
+        if let Some(logger) = &mut self.logger {
+            logger.flush();
+        }
         let mut taken = 0;
         while taken < max {
             let Some(item) = self.events.next() else {
@@ -210,8 +313,17 @@ impl Tracer {
     }
 }
 
+/// A program of the object as a uprobe, or an error naming it.
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
+    let prog = ebpf
+        .program_mut(name)
+        .with_context(|| format!("the BPF object has no program {name}"))?;
+    prog.try_into()
+        .with_context(|| format!("BPF program {name} is not a uprobe"))
+}
+
 fn attach_one(ebpf: &mut Ebpf, cookie: u64, spec: &ProbeSpec, pid: NonZeroU32) -> Result<()> {
-    let prog: &mut UProbe = ebpf.program_mut(spec.program).unwrap().try_into()?;
+    let prog = uprobe(ebpf, spec.program)?;
     let point = UProbeAttachPoint {
         location: UProbeAttachLocation::AbsoluteOffset(spec.file_offset),
         cookie: Some(cookie),
@@ -247,6 +359,8 @@ fn explain<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error 
 
 #[cfg(test)]
 mod tests {
+    use leakscope_common::names;
+
     #[test]
     fn a_short_record_is_not_an_event() {
         let e = leakscope_common::Event {
@@ -262,6 +376,57 @@ mod tests {
         };
         assert_eq!(super::decode(bytes), Some(e));
         assert_eq!(super::decode(&bytes[..bytes.len() - 1]), None);
+    }
+
+    #[test]
+    fn a_mismatched_object_names_everything_it_lacks() {
+        let found = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|&(s, n)| (s.to_string(), n.to_string()))
+                .collect()
+        };
+        let mut all: Vec<(&str, &str)> = vec![];
+        all.extend(names::PROGRAMS.map(|p| ("uprobe", p)));
+        all.extend(names::MAPS.map(|m| ("maps", m)));
+        all.extend(names::GLOBALS.map(|g| (".rodata", g)));
+        assert!(super::missing_parts(&found(&all)).is_empty());
+        // A map under a program's name is not the map; a stale object lacks new parts.
+        let stale: Vec<_> = all
+            .iter()
+            .copied()
+            .filter(|&(_, n)| n != names::LOGGED && n != names::LOG_ENABLED)
+            .map(|(s, n)| {
+                if n == names::HITS {
+                    ("uprobe", n)
+                } else {
+                    (s, n)
+                }
+            })
+            .collect();
+        assert_eq!(
+            super::missing_parts(&found(&stale)),
+            ["map HITS", "map LOGGED", "global LOG_ENABLED"]
+        );
+    }
+
+    #[test]
+    fn a_non_elf_object_is_an_error_not_a_panic() {
+        let err = super::check_object(b"not an object").unwrap_err();
+        assert!(format!("{err}").contains("not a 64-bit ELF"), "{err}");
+    }
+
+    #[test]
+    fn the_embedded_object_has_everything_user_space_uses() {
+        // Built without the object (`cargo test --lib` anywhere): nothing to check here;
+        // `tests/bpf.rs` insists on it.
+        if super::embedded_object().is_empty() {
+            eprintln!("no embedded BPF object: run `cargo xtask build-ebpf` to check it");
+            return;
+        }
+        if let Err(e) = super::check_object(super::embedded_object()) {
+            panic!("{e:#}");
+        }
     }
 
     #[test]
