@@ -96,6 +96,20 @@ impl Heap {
     }
 }
 
+#[cfg(test)]
+impl Heap {
+    /// A heap over memory a test built (`census::fake`), with the version's table layout.
+    pub(crate) fn fake(mem: Mem, version: cpython::Version, runtime: u64, type_type: u64) -> Heap {
+        Heap {
+            mem,
+            layout: cpython::gc_layout(version).unwrap(),
+            version,
+            runtime,
+            type_type,
+        }
+    }
+}
+
 pub struct Walker<'a> {
     mem: Mem,
     layout: GcLayout,
@@ -379,3 +393,7 @@ impl<'a> Walker<'a> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "walker_tests.rs"]
+mod tests;
