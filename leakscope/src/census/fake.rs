@@ -140,6 +140,23 @@ pub fn free_and_reuse(w: &impl Words, node: u64, ty: u64, gen0: u64) {
     append(w, node, gen0);
 }
 
+/// A tiny deterministic generator (SplitMix64) for churn tests: no dependency, same
+/// sequence on every run.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
 /// Where an interpreter keeps its GC state.
 #[derive(Clone, Copy, Debug)]
 pub struct Interp {

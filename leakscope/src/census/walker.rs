@@ -270,6 +270,8 @@ impl<'a> Walker<'a> {
             let mut pass = HashSet::new();
             let mut since_new = 0;
             let mut prev = head;
+            // The node before `prev` when `prev` was validated (none for the head).
+            let mut before_prev = None;
             let Ok(first) = self.mem.u64(head) else {
                 census.stats.lists_cut += 1;
                 return;
@@ -320,7 +322,7 @@ impl<'a> Walker<'a> {
                 };
                 let consistent = read && word(&buf, 3) & !3 == prev;
                 if !consistent {
-                    if let Some(next) = self.resync(prev, g) {
+                    if let Some(next) = self.resync(before_prev, prev, g) {
                         g = next;
                         continue;
                     }
@@ -341,6 +343,7 @@ impl<'a> Walker<'a> {
                         census.stats.skipped_invalid += 1;
                     }
                 }
+                before_prev = Some(prev);
                 prev = g;
                 g = word(&buf, 2) & !3;
             }
@@ -348,10 +351,27 @@ impl<'a> Walker<'a> {
         }
     }
 
-    /// After a torn link at `bad`: `prev`'s successor now, if it links back to `prev`.
-    fn resync(&self, prev: u64, bad: u64) -> Option<u64> {
-        let next = self.mem.u64(prev).ok()? & !3;
-        if next == bad || next == 0 {
+    /// After a torn link at `bad`: `prev`'s successor now, if it links back to `prev` and
+    /// `prev` is still where we validated it, after `before_prev`.
+    ///
+    /// That last check fixes the census's short walks (about one running census in 50–150
+    /// under extreme churn came out far short, with no restart and no cut reported). `prev`
+    /// can die after we read it and its block be reused at once for a new object, tracked at
+    /// the end of generation 0 (pymalloc hands out the last freed block first). Its new
+    /// links agree with each other, so without the check the resync "succeeded" and the walk
+    /// went on from `prev`'s new place; when that is the tail of the list being walked
+    /// (generation 0 itself, or an older generation after a collection merged the young
+    /// ones into it), the walk met its own head and ended as if complete, missing every node
+    /// that was after `prev`. A moved `prev` has a new back-link (the old tail it was
+    /// appended after; zero if it is only untracked), so it is caught here and the list
+    /// restarts, counted. Not caught: `prev` and then its old successor both moved, in that
+    /// order, to the same tail between two of our reads (the successor's back-link then
+    /// agrees with `prev`): two specific deaths and reuses inside one read, in list order.
+    fn resync(&self, before_prev: Option<u64>, prev: u64, bad: u64) -> Option<u64> {
+        let mut links = [0u8; 16];
+        self.mem.read(prev, &mut links).ok()?;
+        let (next, back) = (word(&links, 0) & !3, word(&links, 1) & !3);
+        if before_prev.is_some_and(|b| b != back) || next == bad || next == 0 {
             return None;
         }
         (self.mem.u64(next + 8).ok()? & !3 == prev).then_some(next)
