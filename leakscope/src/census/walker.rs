@@ -247,7 +247,8 @@ impl<'a> Walker<'a> {
     ///
     /// A node whose back-link does not point at the node we came from means the list moved
     /// under us: we resynchronize from the previous node's current successor when that one is
-    /// consistent, else restart from the head (at most MAX_RESTARTS times). Objects are counted
+    /// consistent and the previous node itself has not moved (see `resync`), else restart
+    /// from the head (at most MAX_RESTARTS times). Objects are counted
     /// once per census however often they are passed (`seen`), and only when reached through
     /// a consistent link and validated.
     /// Reaching another list's head means our list was merged into it while we walked (a
