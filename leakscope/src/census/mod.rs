@@ -1,5 +1,7 @@
 //! The census: live objects by type from the target's own GC lists, with no probe. The
 //! validated, bounded walk (`walker`) and the counts across snapshots (`series`, pure).
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod series;
 pub mod walker;
 

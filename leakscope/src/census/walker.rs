@@ -96,6 +96,20 @@ impl Heap {
     }
 }
 
+#[cfg(test)]
+impl Heap {
+    /// A heap over memory a test built (`census::fake`), with the version's table layout.
+    pub(crate) fn fake(mem: Mem, version: cpython::Version, runtime: u64, type_type: u64) -> Heap {
+        Heap {
+            mem,
+            layout: cpython::gc_layout(version).unwrap(),
+            version,
+            runtime,
+            type_type,
+        }
+    }
+}
+
 pub struct Walker<'a> {
     mem: Mem,
     layout: GcLayout,
@@ -237,7 +251,8 @@ impl<'a> Walker<'a> {
     ///
     /// A node whose back-link does not point at the node we came from means the list moved
     /// under us: we resynchronize from the previous node's current successor when that one is
-    /// consistent, else restart from the head (at most MAX_RESTARTS times). Objects are counted
+    /// consistent and the previous node itself has not moved (see `resync`), else restart
+    /// from the head (at most MAX_RESTARTS times). Objects are counted
     /// once per census however often they are passed (`seen`), and only when reached through
     /// a consistent link and validated.
     /// Reaching another list's head means our list was merged into it while we walked (a
@@ -260,6 +275,8 @@ impl<'a> Walker<'a> {
             let mut pass = HashSet::new();
             let mut since_new = 0;
             let mut prev = head;
+            // The node before `prev` when `prev` was validated (none for the head).
+            let mut before_prev = None;
             let Ok(first) = self.mem.u64(head) else {
                 census.stats.lists_cut += 1;
                 return;
@@ -321,7 +338,7 @@ impl<'a> Walker<'a> {
                 let consistent =
                     read && cpython::gc_prev_ptr(word(&buf, cpython::window::GC_PREV)) == prev;
                 if !consistent {
-                    if let Some(next) = self.resync(prev, g) {
+                    if let Some(next) = self.resync(before_prev, prev, g) {
                         g = next;
                         continue;
                     }
@@ -350,6 +367,7 @@ impl<'a> Walker<'a> {
                         census.stats.skipped_invalid += 1;
                     }
                 }
+                before_prev = Some(prev);
                 prev = g;
                 g = cpython::gc_next_ptr(word(&buf, cpython::window::GC_NEXT));
             }
@@ -357,10 +375,30 @@ impl<'a> Walker<'a> {
         }
     }
 
-    /// After a torn link at `bad`: `prev`'s successor now, if it links back to `prev`.
-    fn resync(&self, prev: u64, bad: u64) -> Option<u64> {
-        let next = cpython::gc_next_ptr(self.mem.u64(prev).ok()?);
-        if next == bad || next == 0 {
+    /// After a torn link at `bad`: `prev`'s successor now, if it links back to `prev` and
+    /// `prev` is still where we validated it, after `before_prev`.
+    ///
+    /// That last check fixes the census's short walks (about one running census in 50–150
+    /// under extreme churn came out far short, with no restart and no cut reported). `prev`
+    /// can die after we read it and its block be reused at once for a new object, tracked at
+    /// the end of generation 0 (pymalloc hands out the last freed block first). Its new
+    /// links agree with each other, so without the check the resync "succeeded" and the walk
+    /// went on from `prev`'s new place; when that is the tail of the list being walked
+    /// (generation 0 itself, or an older generation after a collection merged the young
+    /// ones into it), the walk met its own head and ended as if complete, missing every node
+    /// that was after `prev`. A moved `prev` has a new back-link (the old tail it was
+    /// appended after; zero if it is only untracked), so it is caught here and the list
+    /// restarts, counted. Not caught: `prev` and then its old successor both moved, in that
+    /// order, to the same tail between two of our reads (the successor's back-link then
+    /// agrees with `prev`): two specific deaths and reuses inside one read, in list order.
+    fn resync(&self, before_prev: Option<u64>, prev: u64, bad: u64) -> Option<u64> {
+        let mut links = [0u8; 16];
+        self.mem.read(prev, &mut links).ok()?;
+        let (next, back) = (
+            cpython::gc_next_ptr(word(&links, 0)),
+            cpython::gc_prev_ptr(word(&links, 1)),
+        );
+        if before_prev.is_some_and(|b| b != back) || next == bad || next == 0 {
             return None;
         }
         (cpython::gc_prev_ptr(self.mem.u64(next + cpython::GC_PREV).ok()?) == prev).then_some(next)
@@ -407,3 +445,7 @@ impl<'a> Walker<'a> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "walker_tests.rs"]
+mod tests;

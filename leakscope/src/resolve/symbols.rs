@@ -233,3 +233,131 @@ impl Symbolizer {
         self.forget_stacks(&stale);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::census::fake::{Target, V311};
+    use leakscope_common::{MAX_FRAMES, RawFrame};
+
+    /// 3.11 location entries "line + delta, no columns" (code 13), one per `(units, delta)`.
+    fn table(entries: &[(u8, u8)]) -> Vec<u8> {
+        entries
+            .iter()
+            .flat_map(|&(units, delta)| [0x80 | 13 << 3 | (units - 1), delta << 1])
+            .collect()
+    }
+
+    fn symbolizer(t: &Target) -> Symbolizer {
+        let layout = cpython::stack_layout(t.version).unwrap();
+        Symbolizer::new(t.mem(), t.version, layout, t.code_type)
+    }
+
+    /// A raw stack (innermost first) of `(code, code unit)`; 3.11 positions point into
+    /// `co_code_adaptive`.
+    fn stack(frames: &[(u64, i64)]) -> RawStack {
+        let mut raw = RawStack {
+            depth: frames.len() as u32,
+            truncated: 0,
+            frames: [RawFrame::default(); MAX_FRAMES],
+        };
+        for (slot, &(code, unit)) in raw.frames.iter_mut().zip(frames) {
+            *slot = RawFrame {
+                code,
+                instr: (code as i64 + 184 + 2 * unit) as u64,
+            };
+        }
+        raw
+    }
+
+    fn labels(s: &Symbolizer, site: u32) -> Vec<String> {
+        s.sites.get(site).frames.iter().map(|f| f.label()).collect()
+    }
+
+    #[test]
+    fn symbolizer_gives_function_file_and_line() {
+        let mut t = Target::new(V311);
+        let f = t.code("main.<locals>.f", "app.py", 10, &table(&[(3, 1), (2, 2)]));
+        let module = t.code("<module>", "app.py", 1, &table(&[(4, 4)]));
+        let mut s = symbolizer(&t);
+        let site = s.site(7, |_| Some(stack(&[(f, 4), (module, 0)])));
+        assert_eq!(
+            labels(&s, site),
+            ["main.<locals>.f (app.py:13)", "<module> (app.py:5)"]
+        );
+        // a frame being set up, before its first instruction, is at its first line
+        let site = s.site(8, |_| Some(stack(&[(f, -1)])));
+        assert_eq!(labels(&s, site), ["main.<locals>.f (app.py:10)"]);
+        // the same kernel stack id is not read again
+        assert_eq!(s.site(7, |_| panic!("re-read")), 1);
+    }
+
+    #[test]
+    fn unreadable_code_object_frame_is_skipped() {
+        let mut t = Target::new(V311);
+        let f = t.code("f", "app.py", 10, &table(&[(3, 1)]));
+        let not_code = t.str("None, say"); // 3.13 entry frames hold None, not code
+        let no_file = t.code("g", "gone.py", 1, &table(&[(1, 0)]));
+        let co_filename = cpython::stack_layout(t.version).unwrap().co_filename;
+        let file = t.mem.get(no_file + co_filename).unwrap();
+        t.mem.unmap(file, 64);
+        let mut s = symbolizer(&t);
+        let site = s.site(1, |_| {
+            Some(stack(&[
+                (0xdead_0000, 0),
+                (f, 0),
+                (not_code, 0),
+                (no_file, 0),
+                (0, 0),
+            ]))
+        });
+        assert_eq!(labels(&s, site), ["f (app.py:11)"]);
+        assert_eq!(s.site(2, |_| None), 0, "a stack the kernel no longer has");
+        assert_eq!(s.unreadable_stacks, 1);
+    }
+
+    /// Shared by both ways a replaced code object is noticed: the stack that used it is
+    /// symbolized again, with the new code object's names.
+    fn replace_code(t: &mut Target, at: u64) {
+        let new = t.code("h", "new.py", 30, &table(&[(2, 0)]));
+        for off in (0..256).step_by(8) {
+            t.mem.put(at + off, t.mem.get(new + off).unwrap());
+        }
+    }
+
+    #[test]
+    fn code_object_replaced_at_the_same_address_is_resymbolized_at_its_birth() {
+        let mut t = Target::new(V311);
+        let f = t.code("f", "old.py", 10, &table(&[(3, 1)]));
+        let mut s = symbolizer(&t);
+        let old = s.site(1, |_| Some(stack(&[(f, 0)])));
+        assert_eq!(labels(&s, old), ["f (old.py:11)"]);
+        replace_code(&mut t, f);
+        assert_eq!(s.site(1, |_| panic!("cached")), old, "until we learn of it");
+        s.code_born(f);
+        let new = s.site(1, |_| Some(stack(&[(f, 0)])));
+        assert_ne!(new, old);
+        assert_eq!(labels(&s, new), ["h (new.py:30)"]);
+        assert_eq!(
+            labels(&s, old),
+            ["f (old.py:11)"],
+            "old sites keep their names"
+        );
+    }
+
+    #[test]
+    fn code_object_replaced_at_the_same_address_is_resymbolized_after_revalidate() {
+        let mut t = Target::new(V311);
+        let f = t.code("f", "old.py", 10, &table(&[(3, 1)]));
+        let g = t.code("g", "kept.py", 20, &table(&[(3, 1)]));
+        let mut s = symbolizer(&t);
+        let old = s.site(1, |_| Some(stack(&[(f, 0)])));
+        let kept = s.site(2, |_| Some(stack(&[(g, 0)])));
+        replace_code(&mut t, f);
+        s.revalidate();
+        assert_eq!(s.site(2, |_| panic!("g did not change")), kept);
+        let new = s.site(1, |_| Some(stack(&[(f, 0)])));
+        assert_eq!(labels(&s, new), ["h (new.py:30)"]);
+        assert_ne!(new, old);
+    }
+}

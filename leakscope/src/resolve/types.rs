@@ -152,3 +152,101 @@ impl Resolver {
         String::from_utf8(buf).ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::census::fake::{Target, V311};
+
+    fn resolver(t: &Target, all_types: bool) -> Resolver {
+        Resolver::new(t.mem(), t.version, t.image(), all_types)
+    }
+
+    #[test]
+    fn resolver_names_heap_types_with_their_module() {
+        let mut t = Target::new(V311);
+        let leak = t.class("__main__", "Leak");
+        let builtin_module = t.class("builtins", "Thing");
+        let dotted = t.class("ignored", "pkg.Dotted");
+        let dict = t.static_type("dict", 48, 0, cpython::TPFLAGS_HAVE_GC);
+        let mut r = resolver(&t, false);
+        let info = r.get(leak).unwrap().clone();
+        assert_eq!(info.name, "__main__.Leak");
+        assert!(info.heap && info.tracked);
+        assert_eq!((info.basicsize, info.itemsize), (16, 0));
+        assert_eq!(info.preheader, 32, "GC head + managed dict (3.11)");
+        assert_eq!(r.get(builtin_module).unwrap().name, "Thing");
+        assert_eq!(
+            r.get(dotted).unwrap().name,
+            "pkg.Dotted",
+            "already qualified"
+        );
+        let d = r.get(dict).unwrap();
+        assert_eq!(d.name, "dict");
+        assert!(!d.heap);
+        assert!(
+            !d.tracked,
+            "a static type of the interpreter on a partial build"
+        );
+        assert!(resolver(&t, true).get(dict).unwrap().tracked);
+    }
+
+    #[test]
+    fn resolver_reads_the_310_dict_layout_for_the_module() {
+        let mut t = Target::new(Version {
+            major: 3,
+            minor: 10,
+            patch: 13,
+        });
+        let leak = t.heap_type("app.models", "Leak", 32, cpython::TPFLAGS_HAVE_GC);
+        assert_eq!(
+            resolver(&t, true).get(leak).unwrap().name,
+            "app.models.Leak"
+        );
+    }
+
+    #[test]
+    fn resolver_refuses_a_garbage_type_pointer() {
+        let mut t = Target::new(V311);
+        let zero_size = t.static_type("zero", 0, 0, 0);
+        let huge = t.static_type("huge", 1 << 21, 0, 0);
+        let nameless = t.static_type("x", 16, 0, 0);
+        t.mem.put(nameless + cpython::TP_NAME, 0xdead_0000);
+        let mut r = resolver(&t, true);
+        for bad in [0, 0xdead_0000, zero_size, huge, nameless] {
+            assert!(r.get(bad).is_none(), "{bad:#x}");
+        }
+        assert_eq!(r.failed_reads, 5);
+        // not cached: a type that becomes readable later resolves then
+        let name_ptr = t.mem.get(t.str_type + cpython::TP_NAME).unwrap();
+        t.mem.put(nameless + cpython::TP_NAME, name_ptr);
+        assert_eq!(r.get(nameless).unwrap().name, "str");
+    }
+
+    #[test]
+    fn resolver_revalidate_drops_a_replaced_heap_type() {
+        let mut t = Target::new(V311);
+        let old = t.class("__main__", "Old");
+        let dict = t.static_type("dict", 48, 0, cpython::TPFLAGS_HAVE_GC);
+        let mut r = resolver(&t, true);
+        assert_eq!(r.get(old).unwrap().name, "__main__.Old");
+        assert_eq!(r.get(dict).unwrap().name, "dict");
+        // the class is freed and another one is created at its address
+        let new = t.class("__main__", "New");
+        for off in (0..0x400).step_by(8) {
+            t.mem.put(old + off, t.mem.get(new + off).unwrap());
+        }
+        assert_eq!(
+            r.get(old).unwrap().name,
+            "__main__.Old",
+            "cached until revalidated"
+        );
+        r.revalidate();
+        assert_eq!(r.get(old).unwrap().name, "__main__.New");
+        // static types are not re-read (they cannot be replaced): still cached after their
+        // memory becomes unreadable
+        t.mem.unmap(dict, 0x400);
+        r.revalidate();
+        assert_eq!(r.get(dict).unwrap().name, "dict");
+    }
+}

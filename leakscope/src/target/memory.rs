@@ -76,6 +76,10 @@ pub struct FakeHeap<'a> {
     words: &'a std::sync::Mutex<hashbrown::HashMap<u64, u64>>,
     /// How many reads happened before this one.
     pub reads: u64,
+    /// The read about to happen (zero outside `on_read`): lets a test change the heap at an
+    /// exact point of a walk ("just before the walker reads this node").
+    pub addr: u64,
+    pub len: usize,
 }
 
 impl FakeHeap<'_> {
@@ -88,6 +92,13 @@ impl FakeHeap<'_> {
     }
     pub fn get(&self, addr: u64) -> Option<u64> {
         self.words.lock().unwrap().get(&addr).copied()
+    }
+    /// Makes `[addr, addr + len)` unreadable (an unmapped page, a freed arena).
+    pub fn unmap(&self, addr: u64, len: u64) {
+        self.words
+            .lock()
+            .unwrap()
+            .retain(|&a, _| a + 8 <= addr || a >= addr + len);
     }
 }
 
@@ -122,10 +133,7 @@ impl FakeMemory {
 
     /// Makes `[addr, addr + len)` unreadable (an unmapped page, a freed arena).
     pub fn unmap(&self, addr: u64, len: u64) {
-        self.words
-            .lock()
-            .unwrap()
-            .retain(|&a, _| a + 8 <= addr || a >= addr + len);
+        self.heap().unmap(addr, len)
     }
 
     /// Runs `hook` before every read from now on: the heap moving under a reader.
@@ -141,6 +149,8 @@ impl FakeMemory {
         FakeHeap {
             words: &self.words,
             reads: self.reads(),
+            addr: 0,
+            len: 0,
         }
     }
 }
@@ -148,7 +158,11 @@ impl FakeMemory {
 impl Memory for FakeMemory {
     fn read(&self, addr: u64, buf: &mut [u8]) -> ReadResult<()> {
         if let Some(hook) = self.hook.lock().unwrap().as_mut() {
-            hook(&self.heap());
+            hook(&FakeHeap {
+                addr,
+                len: buf.len(),
+                ..self.heap()
+            });
         }
         self.reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
