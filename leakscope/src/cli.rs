@@ -1,5 +1,6 @@
 //! The command line: clap's raw arguments, and their validation into `config`.
 use crate::config::{CensusConfig, Command, Format, Placement, TraceConfig};
+use crate::model::budget::Budget;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -31,6 +32,19 @@ Examples:
   sudo leakscope trace --pid 1234 --duration 60 --json > growth.ndjson
   sudo leakscope trace --pid 1234 --stats             also show probe hits and BPF cost
   sudo leakscope trace --pid 1234 --duration 120 --flamegraph leaks.svg
+  sudo leakscope trace --pid 1234 --overhead 2        a smaller budget: sample less
+  sudo leakscope trace --pid 1234 --exact             every birth and death, whatever it costs
+
+Overhead: every probe hit traps into the kernel (about 1 µs, more with a stack walk), so an
+allocation-heavy program would run many times slower traced all the time. leakscope
+measures what its probes cost the target (hits × a trap cost it calibrates at start, plus
+the BPF programs' own run time) and keeps the average under --overhead (10% by default).
+A quiet target fits: it is traced continuously and exactly (\"exact\"). A busy one is
+\"sampled\": the probes are attached only for short windows, objects born in a window are
+followed afterwards (their deaths seen in later windows, their memory re-read between
+windows so a freed or reused block is never counted as a survivor), and reports show
+estimates with an uncertainty. Every report says its mode, how much of the time was
+traced and the overhead it estimates it imposed.
 
 Each birth records the allocating thread's Python stack (up to 64 frames), so reports
 also list the GROWING ALLOCATION SITES: type, live count, bytes, rate, and the frames
@@ -41,7 +55,9 @@ alive, +BORN/-DIED happened in the last interval, RATE/s is the slope of LIVE ov
 whole trace. A type marked ▲ keeps growing: its floor (lowest LIVE within an interval)
 set a new high in at least 3 of 4 intervals
 (at least 4 intervals), a net gain of at least 10 objects and at least 0.5% of its births.
-The final report (on Ctrl-C, SIGTERM, --duration, or when the target exits) shows totals.")]
+The final report (on Ctrl-C, SIGTERM, --duration, or when the target exits) shows totals.
+In sampled mode the counts are of the objects born in windows; a site grows when its
+followed survivors keep accumulating, and ESTIMATE scales them to the whole time.")]
     Trace(TraceArgs),
     /// Count live objects by type from the target's own GC lists: no probes, no cost to the
     /// target between snapshots.
@@ -105,6 +121,16 @@ struct TraceArgs {
     /// Add probe hit counts and the BPF programs' own run time (kernel BPF stats).
     #[arg(long)]
     stats: bool,
+    /// Budget for the extra CPU time the probes cost the target, in percent of its own
+    /// time: the probes stay attached all the time when that fits, only during sampling
+    /// windows otherwise.
+    #[arg(long, value_name = "PCT", default_value_t = 10.0, value_parser = percent,
+          conflicts_with = "exact")]
+    overhead: f64,
+    /// Keep the probes attached all the time, whatever it costs (today's allocation-heavy
+    /// code runs 10–30x slower); the reports still say what it cost.
+    #[arg(long)]
+    exact: bool,
     /// Do not walk Python stacks (types only; cheaper per event).
     #[arg(long)]
     no_stacks: bool,
@@ -134,6 +160,13 @@ fn positive_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() && v < 1e9 => Ok(v),
         _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+fn percent(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 100.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a percentage in (0, 100]")),
     }
 }
 
@@ -187,6 +220,11 @@ impl Cli {
                     Placement::Cheapest
                 },
                 verbose: a.verbose,
+                budget: if a.exact {
+                    Budget::Exact
+                } else {
+                    Budget::Overhead(a.overhead / 100.0)
+                },
             }),
             RawCommand::Census(a) => {
                 if a.count == Some(0) {
@@ -231,6 +269,22 @@ mod tests {
             (Format::Text, 20, true, true)
         );
         assert_eq!(c.placement, Placement::Cheapest);
+        assert_eq!(c.budget, Budget::Overhead(0.10));
+    }
+
+    #[test]
+    fn overhead_is_a_percentage_and_exact_excludes_it() {
+        let budget = |args: &[&str]| match parse(args).unwrap() {
+            Command::Trace(c) => c.budget,
+            _ => panic!(),
+        };
+        assert_eq!(budget(&["trace", "-p", "1", "--overhead", "2.5"]), Budget::Overhead(0.025));
+        assert_eq!(budget(&["trace", "-p", "1", "--overhead", "5%"]), Budget::Overhead(0.05));
+        assert_eq!(budget(&["trace", "-p", "1", "--exact"]), Budget::Exact);
+        let err = |args: &[&str]| format!("{:#}", parse(args).unwrap_err());
+        assert!(err(&["trace", "-p", "1", "--overhead", "0"]).contains("percentage"));
+        assert!(err(&["trace", "-p", "1", "--overhead", "150"]).contains("percentage"));
+        assert!(err(&["trace", "-p", "1", "--overhead", "5", "--exact"]).contains("--exact"));
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct TraceConfig {
     pub placement: Placement,
     /// Show the BPF programs' log (rare failure paths) on stderr.
     pub verbose: bool,
+    /// `--overhead` / `--exact`.
+    pub budget: crate::model::budget::Budget,
 }
 
 #[derive(Clone, Debug)]

@@ -375,3 +375,57 @@ fn a_probe_moved_past_a_load_to_a_push_sees_every_call() {
     assert_eq!(tracer.hits(1), [calls as u64]);
     assert_eq!(tracer.counters(), Counters::default());
 }
+
+hook!(leakscope_test_window_birth(obj: *const FakeObject) {});
+
+#[test]
+#[ignore = "privileged: needs root; cargo xtask test runs it"]
+fn probes_detach_and_reattach_between_windows_and_calibration_leaves_nothing_behind() {
+    require_root();
+    let bin = binary();
+    let mut tracer = attach(
+        vec![probe(
+            &bin,
+            "leakscope_test_window_birth",
+            names::BIRTH_ARG0,
+            Register::RDI,
+        )],
+        false,
+    );
+    let birth = black_box(leakscope_test_window_birth as extern "C" fn(*const FakeObject));
+    let objs = objects(4);
+    // Calibration probes this process's own calibration functions: a cost comes back, and
+    // neither an event nor a hit on the plan's probe.
+    let cost = match tracer.calibrate(2_000) {
+        Ok(c) => c,
+        Err(e) => panic!("calibrate: {e:#}"),
+    };
+    eprintln!("trap cost on this machine: {cost:?}");
+    assert!(cost.emulated_ns.is_finite() && cost.stepped_ns.is_finite(), "{cost:?}");
+    assert!(drain_all(&mut tracer).is_empty());
+    assert_eq!(tracer.hits(1), [0]);
+    // Attached: every call is seen. Detached: none is. Attached again: seen again.
+    for window in 0..3 {
+        assert!(tracer.attached());
+        for o in objs.iter() {
+            birth(o);
+        }
+        let t = std::time::Instant::now();
+        tracer.detach_probes();
+        eprintln!("detach: {:?}", t.elapsed());
+        assert!(!tracer.attached());
+        for o in objs.iter() {
+            birth(o);
+        }
+        let events = drain_all(&mut tracer);
+        assert_eq!(events.len(), objs.len(), "window {window}: {events:?}");
+        assert_eq!(tracer.hits(1), [4 * (window + 1)]);
+        let t = std::time::Instant::now();
+        let attached = tracer.attach_probes();
+        eprintln!("attach: {:?}", t.elapsed());
+        if let Err(e) = attached {
+            panic!("reattach: {e:#}");
+        }
+    }
+    assert_eq!(tracer.counters(), Counters::default());
+}

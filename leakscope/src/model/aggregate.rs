@@ -17,8 +17,25 @@ use hashbrown::HashMap;
 struct LiveObject {
     type_ptr: u64,
     site: u32,
+    /// The sampling window it was born in (`Aggregator::set_epoch`; 0 when exact).
+    epoch: u32,
     bytes: u64,
     preheader: u64,
+    /// What the sampled mode remembers of the object to tell it from a successor at the
+    /// same address (`Followed::tag`; 0 = nothing yet).
+    tag: u64,
+}
+
+/// A live object as the sampled mode follows it between windows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Followed {
+    pub addr: u64,
+    pub type_ptr: u64,
+    pub site: u32,
+    pub epoch: u32,
+    pub bytes: u64,
+    pub preheader: u64,
+    pub tag: u64,
 }
 
 /// Counters of one type, or of one (type, allocation site).
@@ -80,6 +97,7 @@ impl Counters {
             rate_per_s: slope(times, &self.lives),
             growing: keeps_growing(&self.floors, self.births),
             census: false,
+            estimate: None,
         };
         self.interval_births = 0;
         self.interval_deaths = 0;
@@ -106,6 +124,10 @@ pub struct Aggregator {
     times: Vec<f64>,
     /// Births of types this build does not fully see (not counted anywhere else).
     pub ignored_births: u64,
+    /// Window number given to new objects.
+    epoch: u32,
+    /// Followed objects found dead by reading their memory (sampled mode).
+    pub found_dead: u64,
 }
 
 /// One row of a report: a type's (or a type's at one site) state at a snapshot.
@@ -130,6 +152,9 @@ pub struct TypeRow {
     /// build), not from births and deaths: `births`/`deaths` are unknown (0).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub census: bool,
+    /// Sampled mode: the counts scaled to the whole trace (set by the session).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<crate::model::budget::Estimate>,
 }
 
 /// A type "keeps growing" when its *floor* (the lowest live count within an interval) keeps
@@ -199,10 +224,57 @@ impl Aggregator {
             LiveObject {
                 type_ptr: b.type_ptr,
                 site: b.site,
+                epoch: self.epoch,
                 bytes: b.bytes,
                 preheader: b.preheader,
+                tag: 0,
             },
         );
+    }
+
+    /// Births from now on belong to window `epoch`.
+    pub fn set_epoch(&mut self, epoch: u32) {
+        self.epoch = epoch;
+    }
+
+    /// Every live object, for the sampled mode to check between windows.
+    pub fn followed(&self) -> Vec<Followed> {
+        self.objects
+            .iter()
+            .map(|(&addr, o)| Followed {
+                addr,
+                type_ptr: o.type_ptr,
+                site: o.site,
+                epoch: o.epoch,
+                bytes: o.bytes,
+                preheader: o.preheader,
+                tag: o.tag,
+            })
+            .collect()
+    }
+
+    /// Remembers what was read of the live object at `addr` (ignored if it is gone).
+    pub fn set_tag(&mut self, addr: u64, tag: u64) {
+        if let Some(o) = self.objects.get_mut(&addr) {
+            o.tag = tag;
+        }
+    }
+
+    /// The object at `addr` was found dead without a free being seen (its memory says
+    /// so): a death like any other.
+    pub fn found_dead(&mut self, addr: u64) {
+        if self.retire(addr) {
+            self.found_dead += 1;
+        }
+    }
+
+    /// Live objects born in window `epoch`, per (type, site).
+    pub fn born_in(&self, epoch: u32) -> HashMap<(u64, u32), u64> {
+        let mut n = HashMap::new();
+        for o in self.objects.values().filter(|o| o.epoch == epoch) {
+            *n.entry((o.type_ptr, o.site)).or_insert(0) += 1;
+        }
+        n
     }
 
     /// The memory at `addr` was released: the object at `addr`, or the one whose block
@@ -299,6 +371,7 @@ impl CensusTrend {
                 ),
                 growing: keeps_growing(since_first, 0),
                 census: true,
+                estimate: None,
             });
         }
         rows

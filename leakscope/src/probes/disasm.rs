@@ -17,7 +17,7 @@ use iced_x86::{
     OpKind, Register,
 };
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProbePoint {
     /// Bytes from the function's entry.
     pub offset: u64,

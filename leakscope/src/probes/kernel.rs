@@ -8,7 +8,7 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
 use aya_log::EbpfLogger;
@@ -110,12 +110,22 @@ pub struct Tracer {
     logger: Option<EbpfLogger<BpfLog>>,
     /// Ring-buffer records too short to be an event (counted, never decoded).
     short_records: u64,
-    _stats: Option<OwnedFd>,
+    /// The kernel's BPF run-time stats, held on while leakscope runs (the cost model reads
+    /// the programs' run time); `None` if the kernel refused.
+    stats: Option<OwnedFd>,
+    /// The plan's probes and, while attached, each one's link.
+    specs: Vec<ProbeSpec>,
+    links: Vec<(&'static str, UProbeLinkId)>,
+    /// Links being closed on their own threads (the kernel takes ~100 ms per uprobe to
+    /// retire one after removing its breakpoints; the loop must not wait for that).
+    detaching: Vec<std::thread::JoinHandle<()>>,
+    pid: NonZeroU32,
 }
 
 /// How to attach.
 pub struct AttachOptions {
-    /// Enable the kernel's BPF run-time stats while attached (`--stats`).
+    /// Insist on the kernel's BPF run-time stats (`--stats`); without it they are enabled
+    /// when the kernel allows (the cost model uses them) and missed quietly otherwise.
     pub stats: bool,
     pub stack_config: StackConfig,
     /// Forward the BPF programs' log to stderr (`-v`).
@@ -154,8 +164,93 @@ pub fn check_uprobe_support(sysfs: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// What one probe hit costs the target beyond the BPF program's own run time: the trap,
+/// measured in leakscope's own process at start (`Tracer::calibrate`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrapCost {
+    /// On an instruction the kernel emulates (push, nop, relative jumps).
+    pub emulated_ns: f64,
+    /// On one it must single-step out of line.
+    pub stepped_ns: f64,
+}
+
+impl TrapCost {
+    /// Used when calibration cannot run: this machine's figures (README, `cargo xtask bench`).
+    pub const FALLBACK: TrapCost = TrapCost {
+        emulated_ns: 1_000.0,
+        stepped_ns: 14_000.0,
+    };
+
+    pub fn of(&self, emulated: bool) -> f64 {
+        if emulated {
+            self.emulated_ns
+        } else {
+            self.stepped_ns
+        }
+    }
+}
+
+// Calibration targets: one function whose first instruction the kernel emulates (`push`)
+// and one it must single-step (`mov`), probed in leakscope's own process.
+core::arch::global_asm!(
+    ".globl leakscope_calibrate_emulated",
+    ".type leakscope_calibrate_emulated, @function",
+    "leakscope_calibrate_emulated:",
+    "    push rbp",
+    "    pop rbp",
+    "    ret",
+    ".size leakscope_calibrate_emulated, . - leakscope_calibrate_emulated",
+    ".globl leakscope_calibrate_stepped",
+    ".type leakscope_calibrate_stepped, @function",
+    "leakscope_calibrate_stepped:",
+    "    mov rax, rdi",
+    "    ret",
+    ".size leakscope_calibrate_stepped, . - leakscope_calibrate_stepped",
+);
+unsafe extern "C" {
+    fn leakscope_calibrate_emulated(p: u64) -> u64;
+    fn leakscope_calibrate_stepped(p: u64) -> u64;
+}
+
+/// The attach cookie calibration probes count under (never a plan's probe).
+const CALIBRATION_COOKIE: u64 = MAX_PROBES as u64 - 1;
+
+/// Offset in the file behind `addr` in this process's own mappings (`/proc/self/maps`).
+fn own_file_offset(addr: u64) -> Result<(std::path::PathBuf, u64)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").context("reading /proc/self/maps")?;
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(_perms), Some(off)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let Some((lo, hi)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(lo), Ok(hi), Ok(off)) = (
+            u64::from_str_radix(lo, 16),
+            u64::from_str_radix(hi, 16),
+            u64::from_str_radix(off, 16),
+        ) else {
+            continue;
+        };
+        if (lo..hi).contains(&addr) {
+            return Ok(("/proc/self/exe".into(), addr - lo + off));
+        }
+    }
+    bail!("address {addr:#x} is in none of this process's mappings")
+}
+
 impl Tracer {
+    /// Loads the programs and attaches every probe of `plan` to `pid`.
     pub fn attach(plan: &Plan, pid: u32, opts: &AttachOptions) -> Result<Tracer> {
+        let mut t = Tracer::load(plan, pid, opts)?;
+        t.attach_probes()?;
+        Ok(t)
+    }
+
+    /// Loads the programs (nothing attached yet: the target pays nothing until
+    /// `attach_probes`).
+    pub fn load(plan: &Plan, pid: u32, opts: &AttachOptions) -> Result<Tracer> {
         let AttachOptions {
             stats,
             stack_config,
@@ -181,13 +276,12 @@ impl Tracer {
         };
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
 
-        let _stats = if stats {
-            Some(
-                aya::sys::enable_stats(aya::sys::Stats::RunTime)
-                    .context("enabling kernel BPF run-time stats")?,
-            )
-        } else {
-            None
+        let stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(e) if stats => {
+                return Err(anyhow!(e).context("enabling kernel BPF run-time stats"));
+            }
+            Err(_) => None,
         };
         let log_enabled = u8::from(verbose);
         let mut ebpf = EbpfLoader::new()
@@ -215,9 +309,6 @@ impl Tracer {
             .set(0, stack_config, 0)
             .context("writing the stack walker's settings")?;
         let pid = NonZeroU32::new(pid).context("pid 0")?;
-        for (i, spec) in plan.probes.iter().enumerate() {
-            attach_one(&mut ebpf, i as u64, spec, pid)?;
-        }
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("the BPF object has no map {name}"))
@@ -236,7 +327,121 @@ impl Tracer {
             stacks,
             logger,
             short_records: 0,
-            _stats,
+            stats,
+            specs: plan.probes.clone(),
+            links: vec![],
+            detaching: vec![],
+            pid,
+        })
+    }
+
+    /// Attaches every probe, or none: on an error the ones attached are detached again.
+    /// Frees first, births last, so a birth seen in a window has its free seen too.
+    pub fn attach_probes(&mut self) -> Result<()> {
+        if self.attached() {
+            return Ok(());
+        }
+        self.settle();
+        let mut order: Vec<usize> = (0..self.specs.len()).collect();
+        order.sort_by_key(|&i| is_birth(self.specs[i].program));
+        for i in order {
+            match attach_one(&mut self.ebpf, i as u64, &self.specs[i], self.pid) {
+                Ok(link) => self.links.push((self.specs[i].program, link)),
+                Err(e) => {
+                    self.detach_probes();
+                    self.settle();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches every probe, births first; a no-op when detached. Closing a link removes
+    /// the breakpoints from the target at once; the kernel then waits (~100 ms) before the
+    /// close returns, so each link is closed on a thread of its own and `settle` waits.
+    pub fn detach_probes(&mut self) {
+        let mut links: Vec<_> = self.links.drain(..).collect();
+        links.sort_by_key(|&(program, _)| !is_birth(program));
+        for (program, link) in links {
+            let Ok(prog) = uprobe(&mut self.ebpf, program) else {
+                continue;
+            };
+            match prog.take_link(link) {
+                Ok(owned) => match std::thread::Builder::new()
+                    .name("detach".into())
+                    .spawn(move || drop(owned))
+                {
+                    Ok(h) => self.detaching.push(h),
+                    // No thread: close it here (drop of the closure's link).
+                    Err(_) => {}
+                },
+                // Fails only for a link that is already gone.
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Waits until every detached link is closed (its breakpoints long gone).
+    pub fn settle(&mut self) {
+        for h in self.detaching.drain(..) {
+            let _ = h.join();
+        }
+    }
+
+    pub fn attached(&self) -> bool {
+        !self.links.is_empty()
+    }
+
+    /// Whether the programs' run time is being measured (kernel BPF stats on).
+    pub fn has_run_time(&self) -> bool {
+        self.stats.is_some()
+    }
+
+    /// The sum of every program's run time so far (kernel BPF stats), nanoseconds.
+    pub fn run_time_ns(&self) -> u64 {
+        self.program_stats().iter().map(|&(_, _, ns)| ns).sum()
+    }
+
+    /// Measures what a hit costs beyond the program: `free_arg0` on two functions of this
+    /// process (an emulated and a single-stepped first instruction), called `calls` times
+    /// each with and without the probe, minus the program's own run time. Call it before
+    /// attaching to the target; it leaves no event behind (a null argument emits none).
+    pub fn calibrate(&mut self, calls: u32) -> Result<TrapCost> {
+        let fns: [(unsafe extern "C" fn(u64) -> u64, &str); 2] = [
+            (leakscope_calibrate_emulated, "an emulated instruction"),
+            (leakscope_calibrate_stepped, "a single-stepped instruction"),
+        ];
+        let mut cost = [0.0f64; 2];
+        for (k, &(f, what)) in fns.iter().enumerate() {
+            let time = |n: u32| {
+                let t = std::time::Instant::now();
+                for _ in 0..n {
+                    unsafe { std::hint::black_box(f(std::hint::black_box(0))) };
+                }
+                t.elapsed().as_nanos() as f64
+            };
+            let (path, offset) = own_file_offset(f as usize as u64)?;
+            let spec = ProbeSpec {
+                label: format!("calibration on {what}"),
+                program: leakscope_common::names::FREE_ARG0,
+                path,
+                file_offset: offset,
+                point: super::disasm::ProbePoint::default(),
+                entry: super::disasm::ProbePoint::default(),
+            };
+            let plain = time(calls);
+            let link = attach_one(&mut self.ebpf, CALIBRATION_COOKIE, &spec, self_pid()?)
+                .with_context(|| format!("calibrating the trap cost on {what}"))?;
+            let run0 = self.run_time_ns();
+            let probed = time(calls);
+            let run = self.run_time_ns().saturating_sub(run0) as f64;
+            let _ = uprobe(&mut self.ebpf, spec.program)?.detach(link);
+            cost[k] = ((probed - plain - run) / calls as f64).max(0.0);
+        }
+        Ok(TrapCost {
+            emulated_ns: cost[0],
+            stepped_ns: cost[1],
         })
     }
 
@@ -296,7 +501,7 @@ impl Tracer {
             .collect()
     }
 
-    /// `(program, runs, run time ns)` from the kernel's BPF stats (only with `--stats`).
+    /// `(program, runs, run time ns)` from the kernel's BPF stats (zero when they are off).
     pub fn program_stats(&self) -> Vec<(String, u64, u64)> {
         PROGRAMS
             .iter()
@@ -322,7 +527,27 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
         .with_context(|| format!("BPF program {name} is not a uprobe"))
 }
 
-fn attach_one(ebpf: &mut Ebpf, cookie: u64, spec: &ProbeSpec, pid: NonZeroU32) -> Result<()> {
+fn is_birth(program: &str) -> bool {
+    program.starts_with("birth")
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        self.detach_probes();
+        self.settle();
+    }
+}
+
+fn self_pid() -> Result<NonZeroU32> {
+    NonZeroU32::new(std::process::id()).context("pid 0")
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    cookie: u64,
+    spec: &ProbeSpec,
+    pid: NonZeroU32,
+) -> Result<UProbeLinkId> {
     let prog = uprobe(ebpf, spec.program)?;
     let point = UProbeAttachPoint {
         location: UProbeAttachLocation::AbsoluteOffset(spec.file_offset),
@@ -335,8 +560,7 @@ fn attach_one(ebpf: &mut Ebpf, cookie: u64, spec: &ProbeSpec, pid: NonZeroU32) -
                 spec.label,
                 spec.path.display()
             ))
-        })?;
-    Ok(())
+        })
 }
 
 /// Turns permission errors into the sentence a user needs.

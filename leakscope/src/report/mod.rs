@@ -3,6 +3,7 @@
 pub mod census;
 
 use crate::model::aggregate::TypeRow;
+use crate::model::budget::{Estimate, Mode, State};
 use crate::model::sites::Frame;
 use serde::Serialize;
 use std::fmt::Write;
@@ -22,6 +23,22 @@ pub struct SiteReport {
     pub frames: Vec<Frame>,
     /// The stack was cut (deeper than the walk goes, or a frame was unreadable).
     pub truncated: bool,
+    /// Sampled mode: the counts scaled to the whole trace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<Estimate>,
+}
+
+/// Sampled mode: what re-reading followed objects between windows found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FollowStats {
+    /// Checks made (one per followed object per gap).
+    pub checked: u64,
+    /// Found dead: reference count 0, a free-list pointer over it, another type, other
+    /// contents, or unreadable.
+    pub dead_refcount: u64,
+    pub dead_other_type: u64,
+    pub dead_other_contents: u64,
+    pub dead_unreadable: u64,
 }
 
 /// What stack walking cost and lost (with `--stats`).
@@ -114,6 +131,12 @@ pub struct Report {
     pub pid: u32,
     pub elapsed_s: f64,
     pub interval_s: f64,
+    /// How it was traced: mode, time attached, estimated overhead, budget.
+    #[serde(flatten)]
+    pub tracing: State,
+    /// Sampled mode: the checks of followed objects between windows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub followed: Option<FollowStats>,
     pub types: Vec<TypeRow>,
     /// Time of the census that added `census` rows (partial builds).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -199,6 +222,8 @@ pub fn text(report: &Report, top: usize) -> String {
             n => format!("{n} types"),
         },
     );
+    let _ = writeln!(s, "  {}", tracing_line(&report.tracing, report.elapsed_s));
+    let sampled = report.tracing.mode == Mode::Sampled;
     let (born, died) = if finished {
         ("BORN", "DIED")
     } else {
@@ -207,7 +232,12 @@ pub fn text(report: &Report, top: usize) -> String {
     let _ = writeln!(
         s,
         "  {:<40} {:>11} {:>11} {:>11} {:>11} {:>10}",
-        "TYPE", "LIVE", "LIVE BYTES", born, died, "RATE/s"
+        "TYPE",
+        "LIVE",
+        "LIVE BYTES",
+        born,
+        died,
+        if sampled { "≈ RATE/s" } else { "RATE/s" }
     );
     let shown: Vec<&TypeRow> = report
         .types
@@ -226,16 +256,20 @@ pub fn text(report: &Report, top: usize) -> String {
             (thousands(b), thousands(d))
         };
         let name = fit(&r.name, 40);
+        let rate = match &r.estimate {
+            Some(e) => format!("{:.1}±{:.1}", e.rate_per_s, e.rate_err),
+            None => format!("{:.1}", r.rate_per_s),
+        };
         let _ = writeln!(
             s,
-            "{} {:<40} {:>11} {:>11} {:>11} {:>11} {:>10.1}",
+            "{} {:<40} {:>11} {:>11} {:>11} {:>11} {:>10}",
             if r.growing { "▲" } else { " " },
             name,
             thousands(r.live),
             human_bytes(r.live_bytes),
             b,
             d,
-            r.rate_per_s
+            rate
         );
     }
     if shown.iter().any(|r| r.census) {
@@ -257,7 +291,24 @@ pub fn text(report: &Report, top: usize) -> String {
             "  census rows: unavailable on this build ({e}); builtins are not shown"
         );
     }
+    if sampled {
+        let _ = writeln!(
+            s,
+            "  (sampled: LIVE, BORN, DIED count the objects born in sampling windows and followed since; ≈ RATE/s is scaled to the whole time, ± one standard error)"
+        );
+    }
     sites_text(&mut s, report);
+    if let Some(f) = &report.followed {
+        let _ = writeln!(
+            s,
+            "  followed between windows: {} checks · found dead: {} by refcount, {} reused by another type, {} with other contents, {} unreadable",
+            thousands(f.checked),
+            thousands(f.dead_refcount),
+            thousands(f.dead_other_type),
+            thousands(f.dead_other_contents),
+            thousands(f.dead_unreadable)
+        );
+    }
     let l = &report.lost;
     let _ = writeln!(
         s,
@@ -340,6 +391,41 @@ pub fn text(report: &Report, top: usize) -> String {
     s
 }
 
+/// "exact · traced 100% of 60.0 s · estimated overhead 31.2% (--exact: no budget)".
+pub fn tracing_line(t: &State, elapsed_s: f64) -> String {
+    let pct = |f: f64| {
+        let p = f * 100.0;
+        if p >= 10.0 || p == 0.0 {
+            format!("{p:.0}%")
+        } else {
+            format!("{p:.1}%")
+        }
+    };
+    let mode = match t.mode {
+        Mode::Exact => "exact".to_string(),
+        Mode::Sampled => format!(
+            "sampled ({} window{})",
+            t.windows,
+            if t.windows == 1 { "" } else { "s" }
+        ),
+    };
+    let budget = match t.overhead_budget {
+        Some(b) => format!("budget {}", pct(b)),
+        None => "--exact: no budget".to_string(),
+    };
+    let full = match (t.mode, t.cost_ratio_attached) {
+        (Mode::Sampled, Some(r)) => {
+            format!(" · tracing all the time would cost {}", pct(r))
+        }
+        _ => String::new(),
+    };
+    format!(
+        "{mode} · traced {} of {elapsed_s:.1} s · estimated overhead {} ({budget}){full}",
+        pct(t.traced_fraction),
+        pct(t.estimated_overhead),
+    )
+}
+
 /// Frames shown per site in the text report (innermost first).
 pub const SITE_FRAMES: usize = 6;
 
@@ -350,14 +436,26 @@ fn sites_text(s: &mut String, report: &Report) {
     }
     let _ = writeln!(s, "  GROWING ALLOCATION SITES (innermost frame first)");
     for site in growing {
-        let _ = writeln!(
-            s,
-            "▲ {} · {} live · {} · {:.1}/s",
-            site.type_name,
-            thousands(site.live),
-            human_bytes(site.live_bytes),
-            site.rate_per_s
-        );
+        let _ = match &site.estimate {
+            Some(e) => writeln!(
+                s,
+                "▲ {} · {} followed live, ≈ {}±{} in all · ≈ {:.1}±{:.1}/s",
+                site.type_name,
+                thousands(site.live),
+                thousands(e.live.round() as u64),
+                thousands(e.live_err.round() as u64),
+                e.rate_per_s,
+                e.rate_err
+            ),
+            None => writeln!(
+                s,
+                "▲ {} · {} live · {} · {:.1}/s",
+                site.type_name,
+                thousands(site.live),
+                human_bytes(site.live_bytes),
+                site.rate_per_s
+            ),
+        };
         for f in site.frames.iter().take(SITE_FRAMES) {
             let _ = writeln!(s, "      {}", f.label());
         }
@@ -422,6 +520,20 @@ mod tests {
             rate_per_s: live as f64 / 10.0,
             growing,
             census: false,
+            estimate: None,
+        }
+    }
+
+    fn exact(overhead: f64) -> State {
+        State {
+            mode: Mode::Exact,
+            traced_s: 10.0,
+            traced_fraction: 1.0,
+            estimated_overhead: overhead,
+            overhead_budget: Some(0.10),
+            windows: 0,
+            cost_ratio_attached: Some(overhead),
+            mode_switches: 0,
         }
     }
 
@@ -432,6 +544,8 @@ mod tests {
             pid: 42,
             elapsed_s: 10.0,
             interval_s: 2.0,
+            tracing: exact(0.021),
+            followed: None,
             types: vec![
                 row("__main__.Leak", 20000, true),
                 row("dict", 12, false),
@@ -460,6 +574,7 @@ mod tests {
                     },
                 ],
                 truncated: false,
+                estimate: None,
             }],
             live_objects: 20012,
             ignored_births: 0,
@@ -477,7 +592,7 @@ mod tests {
         let mut r = report();
         r.types[0].name = format!("модуль.{}", "Класс".repeat(10));
         let t = text(&r, 10);
-        let line = t.lines().nth(2).unwrap();
+        let line = t.lines().nth(3).unwrap();
         assert!(line.starts_with("▲ …"), "{line}");
         assert!(line.contains("КлассКласс"), "{line}");
         assert_eq!(fit("ab", 40), "ab");
@@ -521,6 +636,7 @@ mod tests {
         let got = text(&report(), 10);
         let want = "\
 ── leakscope · pid 42 · report · 10.0s since attach · 20,012 live objects tracked · 1 type growing
+  exact · traced 100% of 10.0 s · estimated overhead 2.1% (budget 10%)
   TYPE                                            LIVE  LIVE BYTES       +BORN       -DIED     RATE/s
 ▲ __main__.Leak                                 20,000     1.2 MiB         100           0     2000.0
   dict                                              12       768 B         100           0        1.2
@@ -535,12 +651,62 @@ mod tests {
     }
 
     #[test]
+    fn a_sampled_report_says_so_and_shows_estimates_with_their_error() {
+        let mut r = report();
+        r.tracing = State {
+            mode: Mode::Sampled,
+            traced_s: 0.9,
+            traced_fraction: 0.09,
+            estimated_overhead: 0.078,
+            windows: 4,
+            cost_ratio_attached: Some(2.4),
+            ..exact(0.0)
+        };
+        let e = Estimate {
+            live: 22222.2,
+            live_err: 157.1,
+            rate_per_s: 2222.2,
+            rate_err: 15.7,
+        };
+        r.types[0].estimate = Some(e);
+        r.sites[0].estimate = Some(e);
+        r.followed = Some(FollowStats {
+            checked: 900,
+            dead_refcount: 7,
+            ..Default::default()
+        });
+        let t = text(&r, 10);
+        assert!(
+            t.contains(
+                "  sampled (4 windows) · traced 9.0% of 10.0 s · estimated overhead 7.8% (budget 10%) · tracing all the time would cost 240%"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("2222.2±15.7"), "{t}");
+        assert!(
+            t.contains("▲ __main__.Leak · 20,000 followed live, ≈ 22,222±157 in all · ≈ 2222.2±15.7/s"),
+            "{t}"
+        );
+        assert!(t.contains("followed between windows: 900 checks · found dead: 7 by refcount"), "{t}");
+        let v: serde_json::Value = serde_json::from_str(&json(&r)).unwrap();
+        assert_eq!(v["mode"], "sampled");
+        assert_eq!(v["traced_fraction"], 0.09);
+        assert_eq!(v["overhead_budget"], 0.10);
+        assert_eq!(v["sites"][0]["estimate"]["rate_per_s"], 2222.2);
+        assert_eq!(v["followed"]["checked"], 900);
+    }
+
+    #[test]
     fn json_has_the_same_rows() {
         let v: serde_json::Value = serde_json::from_str(&json(&report())).unwrap();
         assert_eq!(v["types"][0]["name"], "__main__.Leak");
         assert_eq!(v["types"][0]["growing"], true);
         assert_eq!(v["lost"]["ringbuf_full"], 0);
         assert!(v.get("reason").is_none());
+        assert_eq!(v["mode"], "exact");
+        assert_eq!(v["estimated_overhead"], 0.021);
+        assert!(v.get("followed").is_none());
+        assert!(v["types"][0].get("estimate").is_none());
     }
 
     #[test]

@@ -7,10 +7,12 @@ use crate::census::{Heap, Walker};
 use crate::config::{Format, Placement, TraceConfig};
 use crate::cpython;
 use crate::model::aggregate::{self, Aggregator, CensusTrend, TypeRow};
+use crate::model::budget::{self, Budget, Controller, Mode};
 use crate::model::sites::{self, Sites};
-use crate::probes::kernel::{self, AttachOptions, Tracer};
+use crate::probes::kernel::{self, AttachOptions, Tracer, TrapCost};
 use crate::probes::plan::{self, Coverage, Plan};
-use crate::report::{self, EndReason, Report, ReportKind};
+use crate::report::{self, EndReason, FollowStats, Report, ReportKind};
+use crate::resolve::follow::{self, Verdict, Why};
 use crate::resolve::{symbols::Symbolizer, types::Resolver};
 use crate::target::{Process, interpreter::Interpreter};
 use anyhow::{Context, Result, bail};
@@ -159,8 +161,14 @@ enum CensusRows {
         trend: CensusTrend,
         rows: Vec<TypeRow>,
         walk_ms: Option<f64>,
+        /// Under a budget, the next walk waits until then.
+        next_request: Instant,
     },
 }
+
+/// Under a budget, a census walk is followed by a pause this many times its length (it
+/// reads the heap while the target runs: see README's bench for what that costs).
+const CENSUS_GAP_PER_WALK: f64 = 19.0;
 
 pub fn run(cfg: &TraceConfig) -> Result<()> {
     let process = Process::open(cfg.pid)?;
@@ -197,7 +205,7 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
             code_type,
         ))
     });
-    let mut tracer = Tracer::attach(
+    let mut tracer = Tracer::load(
         &plan,
         process.pid,
         &AttachOptions {
@@ -206,9 +214,28 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
             verbose: cfg.verbose,
         },
     )?;
+    // What a hit costs, measured here before the target pays anything.
+    let trap = match tracer.calibrate(CALIBRATION_CALLS) {
+        Ok(t) => t,
+        Err(e) => {
+            let f = TrapCost::FALLBACK;
+            eprintln!(
+                "leakscope: could not measure the trap cost ({e:#}); assuming {:.1} µs per hit ({:.1} µs on single-stepped instructions)",
+                f.emulated_ns / 1e3,
+                f.stepped_ns / 1e3
+            );
+            f
+        }
+    };
+    if !tracer.has_run_time() {
+        eprintln!(
+            "leakscope: the kernel's BPF run-time stats are unavailable: the overhead estimate counts the traps only"
+        );
+    }
+    tracer.attach_probes()?;
     let started = Instant::now();
     eprintln!(
-        "leakscope: attached to pid {} ({}): Python {} in {}; {} probes{}; sees {}. Ctrl-C for the final report.",
+        "leakscope: attached to pid {} ({}): Python {} in {}; {} probes{}; sees {}; {}. Ctrl-C for the final report.",
         process.pid,
         process.comm,
         interp.version,
@@ -219,7 +246,16 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
         } else {
             ""
         },
-        plan.coverage.sees()
+        plan.coverage.sees(),
+        match cfg.budget {
+            Budget::Exact => "--exact: probes attached all the time".to_string(),
+            Budget::Overhead(b) => format!(
+                "overhead budget {:.0}% (trap {:.2} µs, {:.1} µs single-stepped): measuring what tracing costs",
+                b * 100.0,
+                trap.emulated_ns / 1e3,
+                trap.stepped_ns / 1e3
+            ),
+        }
     );
     let resolver = |mem| {
         Resolver::new(
@@ -241,6 +277,7 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
                     trend: CensusTrend::default(),
                     rows: vec![],
                     walk_ms: None,
+                    next_request: started,
                 }
             }
             Err(e) => CensusRows::Failed(format!("{e:#}")),
@@ -252,9 +289,23 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
         cfg,
         plan: &plan,
         pid: process.pid,
+        mem: process.memory(),
         started,
         census,
         events: Vec::with_capacity(BATCH),
+        sampler: Sampler {
+            ctl: Controller::new(cfg.budget),
+            trap,
+            hits: vec![0; plan.probes.len()],
+            run_ns: tracer.run_time_ns(),
+            booked: started,
+            attached_at: Some(started),
+            phase: Phase::Measuring,
+            next: started + secs(budget::MEASURE_S),
+            epoch: 0,
+            observed: None,
+            follow: FollowStats::default(),
+        },
     };
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -274,6 +325,8 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
         let deadline = cfg.duration.map(|d| time::Instant::now() + d);
         let deadline_sleep = time::sleep_until(deadline.unwrap_or_else(time::Instant::now));
         tokio::pin!(deadline_sleep);
+        let phase_sleep = time::sleep_until(session.sampler.next.into());
+        tokio::pin!(phase_sleep);
         // A full batch means more is waiting: take the next one as soon as the loop has
         // looked at everything else (yield_now lets the runtime poll its timers and signals).
         let mut backlog = false;
@@ -288,6 +341,15 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
                         break EndReason::TargetExited;
                     }
                 }
+                _ = &mut phase_sleep => {
+                    if let Err(e) = session.next_phase(&mut tracer, &mut pipeline) {
+                        if !process.alive() {
+                            break EndReason::TargetExited;
+                        }
+                        return Err(e);
+                    }
+                    phase_sleep.as_mut().reset(session.sampler.next.into());
+                }
                 _ = report_tick.tick() => session.emit(&tracer, &mut pipeline, None)?,
                 _ = tokio::task::yield_now(), if backlog => {
                     backlog = session.pump(&mut tracer, &mut pipeline);
@@ -297,9 +359,7 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
                 }
             }
         };
-        // What is queued now belongs to the trace; take it, but within a bounded time.
-        let until = Instant::now() + Duration::from_millis(200);
-        while session.pump(&mut tracer, &mut pipeline) && Instant::now() < until {}
+        session.finish(&mut tracer, &mut pipeline);
         session.emit(&tracer, &mut pipeline, Some(reason))?;
         anyhow::Ok(())
     })?;
@@ -308,13 +368,68 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
     Ok(())
 }
 
+/// Calls per calibration function (about 1 ms emulated, 30 ms single-stepped).
+const CALIBRATION_CALLS: u32 = 2_000;
+/// In exact mode the cost is booked, and the budget checked, this often.
+const EXACT_CHECK_S: f64 = 1.0;
+/// Most time spent taking what is queued when a window closes (then the rest waits).
+const CLOSE_DRAIN: Duration = Duration::from_millis(500);
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Attached at start, measuring what it costs.
+    Measuring,
+    /// Attached for good (the cost fits, or --exact); checked every `EXACT_CHECK_S`.
+    Exact,
+    /// Sampled: a window is open.
+    Open,
+    /// Sampled: between windows.
+    Closed,
+}
+
+/// The sampled mode's bookkeeping: cost meter, controller, phase.
+struct Sampler {
+    ctl: Controller,
+    trap: TrapCost,
+    /// Per-probe hits and the programs' run time at the last booking.
+    hits: Vec<u64>,
+    run_ns: u64,
+    /// When the last span was booked.
+    booked: Instant,
+    /// When the probes were attached (while they are).
+    attached_at: Option<Instant>,
+    phase: Phase,
+    /// When the phase changes next.
+    next: Instant,
+    /// The window births are counted in.
+    epoch: u32,
+    /// Sampled mode: the rows of the last observation (a window's close), reports show.
+    observed: Option<Observation>,
+    follow: FollowStats,
+}
+
+struct Observation {
+    types: Vec<TypeRow>,
+    sites: Vec<TypeRow>,
+    /// Objects born in the newest window still alive, per (type, site) and per type.
+    young: hashbrown::HashMap<(u64, u32), u64>,
+    traced_fraction: f64,
+    elapsed_s: f64,
+}
+
 struct Session<'a> {
     cfg: &'a TraceConfig,
     plan: &'a Plan,
     pid: u32,
+    mem: crate::target::Mem,
     started: Instant,
     census: CensusRows,
     events: Vec<Event>,
+    sampler: Sampler,
 }
 
 impl Session<'_> {
@@ -326,6 +441,153 @@ impl Session<'_> {
         more
     }
 
+    /// What the probes cost since the last booking (hits × trap + run time), booked with
+    /// the controller; returns the mode it decided.
+    fn book(&mut self, tracer: &Tracer, now: Instant) -> Mode {
+        let s = &mut self.sampler;
+        let hits = tracer.hits(self.plan.probes.len());
+        let mut extra_ns = 0.0;
+        for (i, p) in self.plan.probes.iter().enumerate() {
+            let dh = hits[i].saturating_sub(s.hits[i]);
+            extra_ns += dh as f64 * s.trap.of(p.point.emulated);
+        }
+        let run_ns = tracer.run_time_ns();
+        extra_ns += run_ns.saturating_sub(s.run_ns) as f64;
+        s.hits = hits;
+        s.run_ns = run_ns;
+        let wall = now.duration_since(s.booked).as_secs_f64();
+        let attached = s
+            .attached_at
+            .map_or(0.0, |a| now.duration_since(a.max(s.booked)).as_secs_f64());
+        s.booked = now;
+        s.ctl.book(wall, attached, extra_ns / 1e9)
+    }
+
+    /// The phase's time is up: measure, open or close a window, or check exact mode.
+    fn next_phase(&mut self, tracer: &mut Tracer, pipeline: &mut Pipeline) -> Result<()> {
+        let now = Instant::now();
+        match self.sampler.phase {
+            Phase::Measuring | Phase::Exact | Phase::Open => {
+                let mode = self.book(tracer, now);
+                if mode == Mode::Exact && self.sampler.phase != Phase::Open {
+                    self.sampler.phase = Phase::Exact;
+                    self.sampler.next = now + secs(EXACT_CHECK_S);
+                    return Ok(());
+                }
+                if self.sampler.phase == Phase::Exact {
+                    // Leaving exact mode: from here on, only windows' births are new.
+                    eprintln!(
+                        "leakscope: tracing all the time costs {:.0}% (budget {:.0}%): sampling from now on",
+                        self.sampler.ctl.state(0.0).cost_ratio_attached.unwrap_or(0.0) * 100.0,
+                        self.sampler.ctl.fraction().unwrap_or(0.0) * 100.0
+                    );
+                }
+                self.close_window(tracer, pipeline);
+                if self.sampler.ctl.mode() == Mode::Exact {
+                    // A window showed the full cost fits: attach for good.
+                    self.open(tracer, Phase::Exact)?;
+                    self.sampler.next = Instant::now() + secs(EXACT_CHECK_S);
+                } else {
+                    self.sampler.phase = Phase::Closed;
+                    self.sampler.next =
+                        Instant::now() + secs(self.sampler.ctl.gap_s(budget::WINDOW_S));
+                }
+            }
+            Phase::Closed => {
+                self.book(tracer, now);
+                self.open(tracer, Phase::Open)?;
+                self.sampler.next = Instant::now() + secs(budget::WINDOW_S);
+            }
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, tracer: &mut Tracer, phase: Phase) -> Result<()> {
+        self.sampler.epoch += 1;
+        // Births of this window are told apart from older ones.
+        tracer.attach_probes()?;
+        self.sampler.attached_at = Some(Instant::now());
+        self.sampler.phase = phase;
+        Ok(())
+    }
+
+    /// Detach, take what is queued, check every followed object, observe.
+    fn close_window(&mut self, tracer: &mut Tracer, pipeline: &mut Pipeline) {
+        tracer.detach_probes();
+        self.sampler.attached_at = None;
+        self.sampler.ctl.window_closed();
+        let until = Instant::now() + CLOSE_DRAIN;
+        while self.pump(tracer, pipeline) && Instant::now() < until {}
+        self.observe(pipeline);
+        pipeline.agg.set_epoch(self.sampler.epoch + 1);
+    }
+
+    /// Sampled mode: re-reads every followed object (dead ones retired, new ones tagged)
+    /// and takes the snapshot the growth rule and the reports use.
+    fn observe(&mut self, pipeline: &mut Pipeline) {
+        let f = &mut self.sampler.follow;
+        for o in pipeline.agg.followed() {
+            f.checked += 1;
+            match follow::check(&*self.mem, &o) {
+                Verdict::Alive { tag } => {
+                    if o.tag == 0 {
+                        pipeline.agg.set_tag(o.addr, tag);
+                    }
+                }
+                Verdict::Dead(why) => {
+                    match why {
+                        Why::RefcountZero | Why::NotARefcount => f.dead_refcount += 1,
+                        Why::OtherType => f.dead_other_type += 1,
+                        Why::OtherContents => f.dead_other_contents += 1,
+                        Why::Unreadable => f.dead_unreadable += 1,
+                    }
+                    pipeline.agg.found_dead(o.addr);
+                }
+            }
+        }
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let resolver = &mut pipeline.resolver;
+        let (types, sites) = pipeline.agg.snapshot(elapsed, &mut |t| {
+            resolver
+                .get(t)
+                .map(|i| i.name.clone())
+                .unwrap_or_else(|| format!("<type {t:#x}>"))
+        });
+        let state = self.sampler.ctl.state(elapsed);
+        self.sampler.observed = Some(Observation {
+            types,
+            sites,
+            young: pipeline.agg.born_in(self.sampler.epoch),
+            traced_fraction: state.traced_fraction,
+            elapsed_s: elapsed,
+        });
+    }
+
+    /// The trace ends: take what is queued (bounded), and in sampled mode close the last
+    /// window (or check the followed objects once more).
+    fn finish(&mut self, tracer: &mut Tracer, pipeline: &mut Pipeline) {
+        let now = Instant::now();
+        match self.sampler.phase {
+            Phase::Measuring | Phase::Exact => {
+                self.book(tracer, now);
+                let until = now + Duration::from_millis(200);
+                while self.pump(tracer, pipeline) && Instant::now() < until {}
+            }
+            Phase::Open => {
+                self.book(tracer, now);
+                self.close_window(tracer, pipeline);
+            }
+            Phase::Closed => {
+                self.book(tracer, now);
+                self.observe(pipeline);
+            }
+        }
+    }
+
+    fn sampled(&self) -> bool {
+        matches!(self.sampler.phase, Phase::Open | Phase::Closed)
+    }
+
     fn emit(
         &mut self,
         tracer: &Tracer,
@@ -334,18 +596,50 @@ impl Session<'_> {
     ) -> Result<()> {
         let cfg = self.cfg;
         let elapsed = self.started.elapsed().as_secs_f64();
+        let sampled = self.sampled();
         let Pipeline {
             resolver,
             symbolizer,
             agg,
             unknown_events,
         } = pipeline;
-        let (mut types, site_rows) = agg.snapshot(elapsed, &mut |t| {
-            resolver
-                .get(t)
-                .map(|i| i.name.clone())
-                .unwrap_or_else(|| format!("<type {t:#x}>"))
-        });
+        let (mut types, site_rows) = match (&self.sampler.observed, sampled) {
+            (Some(obs), true) => {
+                let mut young_types: hashbrown::HashMap<u64, u64> = hashbrown::HashMap::new();
+                for (&(t, _), &n) in &obs.young {
+                    *young_types.entry(t).or_insert(0) += n;
+                }
+                let scale = |r: &TypeRow, young: u64| {
+                    let mut r = r.clone();
+                    r.estimate = Some(budget::estimate(
+                        r.live,
+                        young,
+                        r.rate_per_s,
+                        obs.traced_fraction,
+                        obs.elapsed_s,
+                    ));
+                    r
+                };
+                (
+                    obs.types
+                        .iter()
+                        .map(|r| scale(r, young_types.get(&r.type_ptr).copied().unwrap_or(0)))
+                        .collect(),
+                    obs.sites
+                        .iter()
+                        .map(|r| {
+                            scale(r, obs.young.get(&(r.type_ptr, r.site)).copied().unwrap_or(0))
+                        })
+                        .collect(),
+                )
+            }
+            _ => agg.snapshot(elapsed, &mut |t| {
+                resolver
+                    .get(t)
+                    .map(|i| i.name.clone())
+                    .unwrap_or_else(|| format!("<type {t:#x}>"))
+            }),
+        };
         let (mut census_ms, mut census_error) = (None, None);
         match &mut self.census {
             CensusRows::Off => {}
@@ -355,6 +649,7 @@ impl Session<'_> {
                 trend,
                 rows,
                 walk_ms,
+                next_request,
             } => {
                 if let Some(sample) = worker.take() {
                     let counts = sample
@@ -371,8 +666,14 @@ impl Session<'_> {
                         names.get(&t).cloned().unwrap_or_default()
                     });
                     *walk_ms = Some(sample.walk_ms);
+                    // A walk reads the heap while the target runs: under a budget, walk at
+                    // most 1/CENSUS_DUTY_DEN of the time.
+                    if let Budget::Overhead(_) = cfg.budget {
+                        *next_request = Instant::now()
+                            + Duration::from_secs_f64(sample.walk_ms / 1e3 * CENSUS_GAP_PER_WALK);
+                    }
                 }
-                if reason.is_none() {
+                if reason.is_none() && Instant::now() >= *next_request {
                     worker.request();
                 }
                 types.extend(rows.iter().cloned());
@@ -401,6 +702,7 @@ impl Session<'_> {
                     growing: r.growing,
                     frames: site.frames.clone(),
                     truncated: site.truncated,
+                    estimate: r.estimate,
                 }
             })
             .collect();
@@ -443,6 +745,10 @@ impl Session<'_> {
         } else {
             (None, None)
         };
+        let mut tracing = self.sampler.ctl.state(elapsed);
+        if !sampled {
+            tracing.mode = Mode::Exact;
+        }
         let report = Report {
             kind: if reason.is_some() {
                 ReportKind::Final
@@ -453,6 +759,8 @@ impl Session<'_> {
             pid: self.pid,
             elapsed_s: elapsed,
             interval_s: cfg.interval.as_secs_f64(),
+            tracing,
+            followed: (self.sampler.follow.checked > 0).then(|| self.sampler.follow.clone()),
             types,
             census_ms,
             census_error,
