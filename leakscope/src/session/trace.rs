@@ -370,8 +370,9 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
 
 /// Calls per calibration function (about 1 ms emulated, 30 ms single-stepped).
 const CALIBRATION_CALLS: u32 = 2_000;
-/// In exact mode the cost is booked, and the budget checked, this often.
-const EXACT_CHECK_S: f64 = 1.0;
+/// In exact mode the cost is booked, and the budget checked, this often (a target that
+/// starts allocating hard pays at most this long at the full cost).
+const EXACT_CHECK_S: f64 = budget::MEASURE_S;
 /// Most time spent taking what is queued when a window closes (then the rest waits).
 const CLOSE_DRAIN: Duration = Duration::from_millis(500);
 
@@ -490,7 +491,7 @@ impl Session<'_> {
                 } else {
                     self.sampler.phase = Phase::Closed;
                     self.sampler.next =
-                        Instant::now() + secs(self.sampler.ctl.gap_s(budget::WINDOW_S));
+                        Instant::now() + secs(self.sampler.ctl.gap_s());
                 }
             }
             Phase::Closed => {
