@@ -367,17 +367,14 @@ impl Tracer {
             let Ok(prog) = uprobe(&mut self.ebpf, program) else {
                 continue;
             };
-            match prog.take_link(link) {
-                Ok(owned) => match std::thread::Builder::new()
+            // Fails only for a link that is already gone. Without a thread the link is
+            // closed here, when the closure holding it is dropped.
+            if let Ok(owned) = prog.take_link(link)
+                && let Ok(h) = std::thread::Builder::new()
                     .name("detach".into())
                     .spawn(move || drop(owned))
-                {
-                    Ok(h) => self.detaching.push(h),
-                    // No thread: close it here (drop of the closure's link).
-                    Err(_) => {}
-                },
-                // Fails only for a link that is already gone.
-                Err(_) => {}
+            {
+                self.detaching.push(h);
             }
         }
     }
