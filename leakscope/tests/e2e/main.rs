@@ -4,6 +4,7 @@
 //! one that cannot run fails.
 mod census;
 mod errors;
+mod overhead;
 mod sites;
 mod support;
 mod trace;
