@@ -17,12 +17,17 @@ pub struct Binary {
     segments: Vec<(u64, u64, u64, u64)>,
     /// Names that dynamic relocations of this file refer to.
     reloc_symbols: hashbrown::HashSet<String>,
+    /// The GNU build id (hex), which names the file's separate debug file.
+    build_id: Option<String>,
+    /// The separate debug file whose `.symtab` was merged in (a stripped file's local
+    /// symbols, e.g. pymalloc's file-static `arenas`).
+    pub debug_file: Option<PathBuf>,
 }
 
 impl Binary {
     pub fn open(path: &Path) -> Result<Binary> {
         let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let (is_shared_object, symbols, segments, reloc_symbols) = {
+        let (is_shared_object, mut symbols, segments, reloc_symbols, build_id) = {
             let elf = ElfFile64::<object::Endianness>::parse(&*data)
                 .map_err(|e| anyhow!("{} is not a 64-bit ELF file: {e}", path.display()))?;
             let is_shared_object = elf.kind() == object::ObjectKind::Dynamic;
@@ -56,8 +61,26 @@ impl Binary {
                     }
                 }
             }
-            (is_shared_object, symbols, segments, reloc_symbols)
+            let build_id = elf
+                .build_id()
+                .ok()
+                .flatten()
+                .map(|b| b.iter().map(|x| format!("{x:02x}")).collect::<String>());
+            let stripped = elf.section_by_name(".symtab").is_none();
+            (
+                is_shared_object,
+                symbols,
+                segments,
+                reloc_symbols,
+                (build_id, stripped),
+            )
         };
+        let (build_id, stripped) = build_id;
+        // Only a stripped file (no `.symtab`) needs its debug file's symbols.
+        let debug_file = build_id
+            .as_deref()
+            .filter(|_| stripped)
+            .and_then(|id| merge_debug_symbols(path, id, &mut symbols));
         Ok(Binary {
             path: path.to_path_buf(),
             data,
@@ -65,7 +88,13 @@ impl Binary {
             symbols,
             segments,
             reloc_symbols,
+            build_id,
+            debug_file,
         })
+    }
+
+    pub fn build_id(&self) -> Option<&str> {
+        self.build_id.as_deref()
     }
 
     pub fn symbol(&self, name: &str) -> Option<(u64, u64)> {
@@ -147,6 +176,61 @@ impl Binary {
     }
 }
 
+/// Where distributions install the debug file of a build id (`/usr/lib/debug/.build-id/ab/
+/// cdef….debug`, as gdb looks it up): under the target's root when `path` is reached through
+/// `/proc/<pid>/root`, then in ours.
+fn debug_file_candidates(path: &Path, build_id: &str) -> Vec<PathBuf> {
+    if build_id.len() < 3 {
+        return vec![];
+    }
+    let rel = format!(
+        "usr/lib/debug/.build-id/{}/{}.debug",
+        &build_id[..2],
+        &build_id[2..]
+    );
+    let mut out = vec![];
+    let s = path.to_string_lossy();
+    if let Some(rest) = s.strip_prefix("/proc/")
+        && let Some((pid, _)) = rest.split_once("/root/")
+    {
+        out.push(PathBuf::from(format!("/proc/{pid}/root/{rel}")));
+    }
+    out.push(PathBuf::from(format!("/{rel}")));
+    out
+}
+
+/// Adds the `.symtab` of the debug file of `build_id` (if one is installed and carries the
+/// same build id) to `symbols`, keeping what the file itself defines. Returns its path.
+fn merge_debug_symbols(
+    path: &Path,
+    build_id: &str,
+    symbols: &mut HashMap<String, (u64, u64)>,
+) -> Option<PathBuf> {
+    debug_file_candidates(path, build_id)
+        .into_iter()
+        .find_map(|p| {
+            let data = std::fs::read(&p).ok()?;
+            let elf = ElfFile64::<object::Endianness>::parse(&*data).ok()?;
+            let id = elf.build_id().ok()??;
+            let hex: String = id.iter().map(|x| format!("{x:02x}")).collect();
+            if hex != build_id {
+                return None;
+            }
+            for sym in elf.symbols() {
+                if sym.is_definition()
+                    && sym.address() != 0
+                    && let Ok(name) = sym.name()
+                {
+                    let name = name.split('@').next().unwrap_or(name);
+                    symbols
+                        .entry(name.to_string())
+                        .or_insert((sym.address(), sym.size()));
+                }
+            }
+            Some(p)
+        })
+}
+
 /// Finds `3.X.Y\0` strings; picks the most common one (matching `minor` when given).
 pub fn version_in_rodata(rodata: &[u8], minor: Option<u32>) -> Option<(u32, u32, u32)> {
     let mut counts: HashMap<(u32, u32, u32), usize> = HashMap::new();
@@ -183,6 +267,23 @@ pub fn version_in_rodata(rodata: &[u8], minor: Option<u32>) -> Option<(u32, u32,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_files_by_build_id_in_the_target_root_then_ours() {
+        let id = "571d98e01096d5c1c32420d229a6731a0a50d2a0";
+        assert_eq!(
+            debug_file_candidates(Path::new("/proc/42/root/usr/bin/python3.11"), id),
+            [
+                "/proc/42/root/usr/lib/debug/.build-id/57/1d98e01096d5c1c32420d229a6731a0a50d2a0.debug",
+                "/usr/lib/debug/.build-id/57/1d98e01096d5c1c32420d229a6731a0a50d2a0.debug"
+            ]
+            .map(PathBuf::from)
+        );
+        assert_eq!(
+            debug_file_candidates(Path::new("/proc/42/map_files/1-2"), id).len(),
+            1
+        );
+    }
 
     #[test]
     fn version_tail_merged_into_a_path() {
