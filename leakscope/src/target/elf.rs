@@ -80,7 +80,7 @@ impl Binary {
         let debug_file = build_id
             .as_deref()
             .filter(|_| stripped)
-            .and_then(|id| merge_debug_symbols(path, id, &mut symbols));
+            .and_then(|id| merge_debug_symbols(&debug_file_candidates(path, id), id, &mut symbols));
         Ok(Binary {
             path: path.to_path_buf(),
             data,
@@ -202,33 +202,31 @@ fn debug_file_candidates(path: &Path, build_id: &str) -> Vec<PathBuf> {
 /// Adds the `.symtab` of the debug file of `build_id` (if one is installed and carries the
 /// same build id) to `symbols`, keeping what the file itself defines. Returns its path.
 fn merge_debug_symbols(
-    path: &Path,
+    candidates: &[PathBuf],
     build_id: &str,
     symbols: &mut HashMap<String, (u64, u64)>,
 ) -> Option<PathBuf> {
-    debug_file_candidates(path, build_id)
-        .into_iter()
-        .find_map(|p| {
-            let data = std::fs::read(&p).ok()?;
-            let elf = ElfFile64::<object::Endianness>::parse(&*data).ok()?;
-            let id = elf.build_id().ok()??;
-            let hex: String = id.iter().map(|x| format!("{x:02x}")).collect();
-            if hex != build_id {
-                return None;
+    candidates.iter().find_map(|p| {
+        let data = std::fs::read(p).ok()?;
+        let elf = ElfFile64::<object::Endianness>::parse(&*data).ok()?;
+        let id = elf.build_id().ok()??;
+        let hex: String = id.iter().map(|x| format!("{x:02x}")).collect();
+        if hex != build_id {
+            return None;
+        }
+        for sym in elf.symbols() {
+            if sym.is_definition()
+                && sym.address() != 0
+                && let Ok(name) = sym.name()
+            {
+                let name = name.split('@').next().unwrap_or(name);
+                symbols
+                    .entry(name.to_string())
+                    .or_insert((sym.address(), sym.size()));
             }
-            for sym in elf.symbols() {
-                if sym.is_definition()
-                    && sym.address() != 0
-                    && let Ok(name) = sym.name()
-                {
-                    let name = name.split('@').next().unwrap_or(name);
-                    symbols
-                        .entry(name.to_string())
-                        .or_insert((sym.address(), sym.size()));
-                }
-            }
-            Some(p)
-        })
+        }
+        Some(p.clone())
+    })
 }
 
 /// Finds `3.X.Y\0` strings; picks the most common one (matching `minor` when given).
@@ -283,6 +281,60 @@ mod tests {
             debug_file_candidates(Path::new("/proc/42/map_files/1-2"), id).len(),
             1
         );
+    }
+
+    /// A stripped copy of pyenv's 3.11.7 libpython finds pymalloc's `arenas` in the debug
+    /// file `objcopy --only-keep-debug` made, at the unstripped file's address; a debug file
+    /// of another build is refused. Skipped where pyenv's 3.11.7 or objcopy is missing.
+    #[test]
+    fn stripped_file_symbols_come_from_its_debug_file() {
+        let root = std::env::var("PYENV_ROOT")
+            .unwrap_or_else(|_| format!("{}/.pyenv", std::env::var("HOME").unwrap_or_default()));
+        let lib = PathBuf::from(format!("{root}/versions/3.11.7/lib/libpython3.11.so.1.0"));
+        let dir = std::env::temp_dir().join(format!("leakscope-debuglink-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let (stripped, debug) = (dir.join("lib.so"), dir.join("lib.debug"));
+        let objcopy = |args: &[&std::ffi::OsStr]| {
+            std::process::Command::new("objcopy")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !lib.exists()
+            || !objcopy(&[
+                "--only-keep-debug".as_ref(),
+                lib.as_os_str(),
+                debug.as_os_str(),
+            ])
+            || !objcopy(&[
+                "--strip-all".as_ref(),
+                lib.as_os_str(),
+                stripped.as_os_str(),
+            ])
+        {
+            eprintln!("skipped: no pyenv 3.11.7 or no objcopy");
+            return;
+        }
+        let full = Binary::open(&lib).unwrap();
+        let bare = Binary::open(&stripped).unwrap();
+        assert!(
+            bare.symbol("arenas").is_none(),
+            "stripped: no local symbols"
+        );
+        let id = bare.build_id().unwrap().to_string();
+        let mut symbols = bare.symbols.clone();
+        assert_eq!(
+            merge_debug_symbols(
+                &[dir.join("missing.debug"), debug.clone()],
+                &id,
+                &mut symbols
+            ),
+            Some(debug.clone())
+        );
+        assert_eq!(symbols.get("arenas").copied(), full.symbol("arenas"));
+        let mut symbols = bare.symbols.clone();
+        assert_eq!(merge_debug_symbols(&[debug], "00ff", &mut symbols), None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
