@@ -435,7 +435,7 @@ fn parse_pool(
     let handed = (next.checked_sub(pool::OVERHEAD).ok_or(Torn)?) / size;
     if word32(buf, pool::MAXNEXTOFFSET) != l.pool_size - size
         || next > l.pool_size
-        || (next - pool::OVERHEAD) % size != 0
+        || !(next - pool::OVERHEAD).is_multiple_of(size)
         || handed > l.capacity(size)
         || count > handed
     {
