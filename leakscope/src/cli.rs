@@ -59,8 +59,8 @@ The final report (on Ctrl-C, SIGTERM, --duration, or when the target exits) show
 In sampled mode the counts are of the objects born in windows; a site grows when its
 followed survivors keep accumulating, and ESTIMATE scales them to the whole time.")]
     Trace(TraceArgs),
-    /// Count live objects by type from the target's own GC lists: no probes, no cost to the
-    /// target between snapshots.
+    /// Count live objects by type from the target's own GC lists and pymalloc's arenas: no
+    /// probes, no cost to the target between snapshots.
     #[command(after_help = "\
 Examples:
   sudo leakscope census --pid 1234                        one snapshot
@@ -71,6 +71,11 @@ The census walks every interpreter's GC generation lists (and the permanent gene
 reading the target's memory, validating each object, and lists gc.garbage. It sees only
 objects the cycle collector tracks: ints, floats, strings, bytes, dicts of atomic values and
 C types without GC support are not on those lists (`leakscope trace` sees them).
+Each snapshot also walks pymalloc's arenas (the allocator section): live blocks per size
+class, and objects of the types without GC support (str, int, float, bytes, ...) found in
+its blocks, with their change. It sees only blocks of at most 512 bytes (larger ones come
+from malloc). On a stripped build whose debug file is not installed (3.9-3.11 need the
+file-static `arenas` symbol) the report says so and the GC census runs alone.
 Without --pause the target keeps running and the counts are as of a moving heap.
 With --pause the target is stopped (SIGSTOP) for the walk and always resumed (SIGCONT);
 the report says for how long.")]
@@ -94,7 +99,7 @@ struct CensusArgs {
     /// Rows per table.
     #[arg(long, default_value_t = 20)]
     top: usize,
-    /// Stop the target (SIGSTOP) while its lists are read, for an exact snapshot; it is
+    /// Stop the target (SIGSTOP) while its lists and arenas are read, for an exact snapshot; it is
     /// always resumed (SIGCONT) and the report says how long it was stopped.
     #[arg(long)]
     pause: bool,

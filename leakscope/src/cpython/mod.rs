@@ -10,6 +10,7 @@
 //! - `strings`: `str` state bits and data offsets, `bytes` (§6)
 //! - `dict`: dict and keys objects (§7)
 //! - `frames`: the stack walk: thread state, frames, code objects, GIL (§8)
+//! - `obmalloc`: pymalloc's arena table, arenas, pools, size classes (§11)
 //! - `debug_offsets`: 3.13 `_Py_DebugOffsets`, cross-checked with the tables (§9)
 
 pub mod debug_offsets;
@@ -18,6 +19,7 @@ pub mod frames;
 pub mod gc;
 pub mod linetable;
 pub mod object;
+pub mod obmalloc;
 pub mod strings;
 
 pub use debug_offsets::{DebugOffsets, debug_offsets_313, gc_layout_from, stack_layout_from};

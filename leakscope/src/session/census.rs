@@ -1,8 +1,9 @@
-//! `leakscope census`: snapshots of the GC lists, one every `--interval`, each optionally
-//! inside a `--pause`.
-use crate::census::{self, Heap, Series, Walker};
+//! `leakscope census`: snapshots of the GC lists and of pymalloc's arenas, one every
+//! `--interval`, each optionally inside a `--pause`. A build whose allocator cannot be found
+//! still gets the GC census (each report says why the allocator section is missing).
+use crate::census::{self, Allocator, ClassSeries, Heap, Series, Walker};
 use crate::config::{CensusConfig, Format};
-use crate::report::census::{CensusReport, text};
+use crate::report::census::{AllocatorReport, CensusReport, text};
 use crate::resolve::types::Resolver;
 use crate::target::{Process, interpreter::Interpreter, pause::Paused};
 use anyhow::{Result, bail};
@@ -28,6 +29,8 @@ pub fn run(cfg: &CensusConfig) -> Result<()> {
     }
     let interp = Interpreter::find(&process)?;
     let heap = Heap::of(&process, &interp)?;
+    let allocator = Allocator::of(&process, &interp).map_err(|e| format!("{e:#}"));
+    let (mut alloc_series, mut class_series) = (Series::default(), ClassSeries::default());
     let mut resolver = Resolver::new(
         process.memory(),
         interp.version,
@@ -66,14 +69,37 @@ pub fn run(cfg: &CensusConfig) -> Result<()> {
         };
         let result = Walker::new(&heap, &mut resolver).run();
         let walk_ms = walk_started.elapsed().as_secs_f64() * 1e3;
+        let alloc_started = Instant::now();
+        let alloc = allocator.as_ref().ok().map(|a| a.walk(&mut resolver));
+        let alloc_ms = alloc_started.elapsed().as_secs_f64() * 1e3;
         let paused_ms = paused.map(|p| p.resume().as_secs_f64() * 1e3);
         snapshot += 1;
+        // Rows for the types the GC lists never hold: those without GC support.
+        let alloc = alloc.map(|a| {
+            let unseen: census::Counts = a
+                .types
+                .iter()
+                .filter(|&(&t, _)| {
+                    resolver
+                        .get(t)
+                        .is_some_and(|i| i.flags & crate::cpython::TPFLAGS_HAVE_GC == 0)
+                })
+                .map(|(&t, &c)| (t, c))
+                .collect();
+            (a, unseen)
+        });
         let mut name = |t: u64| {
             resolver
                 .get(t)
                 .map(|i| i.name.clone())
                 .unwrap_or_else(|| format!("<type {t:#x}>"))
         };
+        let allocator_report = alloc.map(|(a, unseen)| AllocatorReport {
+            classes: class_series.add(&a.classes),
+            types: alloc_series.add(&unseen, &mut name),
+            stats: a.stats,
+            walk_ms: alloc_ms,
+        });
         let report = CensusReport {
             kind: "census",
             pid: process.pid,
@@ -85,6 +111,8 @@ pub fn run(cfg: &CensusConfig) -> Result<()> {
             walk_ms,
             paused_ms,
             not_seen: census::BLIND_SPOT,
+            allocator: allocator_report,
+            allocator_error: allocator.as_ref().err().cloned(),
         };
         super::print(&match cfg.format {
             Format::Json => serde_json::to_string(&report)? + "\n",

@@ -17,12 +17,17 @@ pub struct Binary {
     segments: Vec<(u64, u64, u64, u64)>,
     /// Names that dynamic relocations of this file refer to.
     reloc_symbols: hashbrown::HashSet<String>,
+    /// The GNU build id (hex), which names the file's separate debug file.
+    build_id: Option<String>,
+    /// The separate debug file whose `.symtab` was merged in (a stripped file's local
+    /// symbols, e.g. pymalloc's file-static `arenas`).
+    pub debug_file: Option<PathBuf>,
 }
 
 impl Binary {
     pub fn open(path: &Path) -> Result<Binary> {
         let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let (is_shared_object, symbols, segments, reloc_symbols) = {
+        let (is_shared_object, mut symbols, segments, reloc_symbols, build_id) = {
             let elf = ElfFile64::<object::Endianness>::parse(&*data)
                 .map_err(|e| anyhow!("{} is not a 64-bit ELF file: {e}", path.display()))?;
             let is_shared_object = elf.kind() == object::ObjectKind::Dynamic;
@@ -56,8 +61,26 @@ impl Binary {
                     }
                 }
             }
-            (is_shared_object, symbols, segments, reloc_symbols)
+            let build_id = elf
+                .build_id()
+                .ok()
+                .flatten()
+                .map(|b| b.iter().map(|x| format!("{x:02x}")).collect::<String>());
+            let stripped = elf.section_by_name(".symtab").is_none();
+            (
+                is_shared_object,
+                symbols,
+                segments,
+                reloc_symbols,
+                (build_id, stripped),
+            )
         };
+        let (build_id, stripped) = build_id;
+        // Only a stripped file (no `.symtab`) needs its debug file's symbols.
+        let debug_file = build_id
+            .as_deref()
+            .filter(|_| stripped)
+            .and_then(|id| merge_debug_symbols(&debug_file_candidates(path, id), id, &mut symbols));
         Ok(Binary {
             path: path.to_path_buf(),
             data,
@@ -65,7 +88,13 @@ impl Binary {
             symbols,
             segments,
             reloc_symbols,
+            build_id,
+            debug_file,
         })
+    }
+
+    pub fn build_id(&self) -> Option<&str> {
+        self.build_id.as_deref()
     }
 
     pub fn symbol(&self, name: &str) -> Option<(u64, u64)> {
@@ -147,6 +176,59 @@ impl Binary {
     }
 }
 
+/// Where distributions install the debug file of a build id (`/usr/lib/debug/.build-id/ab/
+/// cdef….debug`, as gdb looks it up): under the target's root when `path` is reached through
+/// `/proc/<pid>/root`, then in ours.
+fn debug_file_candidates(path: &Path, build_id: &str) -> Vec<PathBuf> {
+    if build_id.len() < 3 {
+        return vec![];
+    }
+    let rel = format!(
+        "usr/lib/debug/.build-id/{}/{}.debug",
+        &build_id[..2],
+        &build_id[2..]
+    );
+    let mut out = vec![];
+    let s = path.to_string_lossy();
+    if let Some(rest) = s.strip_prefix("/proc/")
+        && let Some((pid, _)) = rest.split_once("/root/")
+    {
+        out.push(PathBuf::from(format!("/proc/{pid}/root/{rel}")));
+    }
+    out.push(PathBuf::from(format!("/{rel}")));
+    out
+}
+
+/// Adds the `.symtab` of the debug file of `build_id` (if one is installed and carries the
+/// same build id) to `symbols`, keeping what the file itself defines. Returns its path.
+fn merge_debug_symbols(
+    candidates: &[PathBuf],
+    build_id: &str,
+    symbols: &mut HashMap<String, (u64, u64)>,
+) -> Option<PathBuf> {
+    candidates.iter().find_map(|p| {
+        let data = std::fs::read(p).ok()?;
+        let elf = ElfFile64::<object::Endianness>::parse(&*data).ok()?;
+        let id = elf.build_id().ok()??;
+        let hex: String = id.iter().map(|x| format!("{x:02x}")).collect();
+        if hex != build_id {
+            return None;
+        }
+        for sym in elf.symbols() {
+            if sym.is_definition()
+                && sym.address() != 0
+                && let Ok(name) = sym.name()
+            {
+                let name = name.split('@').next().unwrap_or(name);
+                symbols
+                    .entry(name.to_string())
+                    .or_insert((sym.address(), sym.size()));
+            }
+        }
+        Some(p.clone())
+    })
+}
+
 /// Finds `3.X.Y\0` strings; picks the most common one (matching `minor` when given).
 pub fn version_in_rodata(rodata: &[u8], minor: Option<u32>) -> Option<(u32, u32, u32)> {
     let mut counts: HashMap<(u32, u32, u32), usize> = HashMap::new();
@@ -183,6 +265,77 @@ pub fn version_in_rodata(rodata: &[u8], minor: Option<u32>) -> Option<(u32, u32,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_files_by_build_id_in_the_target_root_then_ours() {
+        let id = "571d98e01096d5c1c32420d229a6731a0a50d2a0";
+        assert_eq!(
+            debug_file_candidates(Path::new("/proc/42/root/usr/bin/python3.11"), id),
+            [
+                "/proc/42/root/usr/lib/debug/.build-id/57/1d98e01096d5c1c32420d229a6731a0a50d2a0.debug",
+                "/usr/lib/debug/.build-id/57/1d98e01096d5c1c32420d229a6731a0a50d2a0.debug"
+            ]
+            .map(PathBuf::from)
+        );
+        assert_eq!(
+            debug_file_candidates(Path::new("/proc/42/map_files/1-2"), id).len(),
+            1
+        );
+    }
+
+    /// A stripped copy of pyenv's 3.11.7 libpython finds pymalloc's `arenas` in the debug
+    /// file `objcopy --only-keep-debug` made, at the unstripped file's address; a debug file
+    /// of another build is refused. Skipped where pyenv's 3.11.7 or objcopy is missing.
+    #[test]
+    fn stripped_file_symbols_come_from_its_debug_file() {
+        let root = std::env::var("PYENV_ROOT")
+            .unwrap_or_else(|_| format!("{}/.pyenv", std::env::var("HOME").unwrap_or_default()));
+        let lib = PathBuf::from(format!("{root}/versions/3.11.7/lib/libpython3.11.so.1.0"));
+        let dir = std::env::temp_dir().join(format!("leakscope-debuglink-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let (stripped, debug) = (dir.join("lib.so"), dir.join("lib.debug"));
+        let objcopy = |args: &[&std::ffi::OsStr]| {
+            std::process::Command::new("objcopy")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !lib.exists()
+            || !objcopy(&[
+                "--only-keep-debug".as_ref(),
+                lib.as_os_str(),
+                debug.as_os_str(),
+            ])
+            || !objcopy(&[
+                "--strip-all".as_ref(),
+                lib.as_os_str(),
+                stripped.as_os_str(),
+            ])
+        {
+            eprintln!("skipped: no pyenv 3.11.7 or no objcopy");
+            return;
+        }
+        let full = Binary::open(&lib).unwrap();
+        let bare = Binary::open(&stripped).unwrap();
+        assert!(
+            bare.symbol("arenas").is_none(),
+            "stripped: no local symbols"
+        );
+        let id = bare.build_id().unwrap().to_string();
+        let mut symbols = bare.symbols.clone();
+        assert_eq!(
+            merge_debug_symbols(
+                &[dir.join("missing.debug"), debug.clone()],
+                &id,
+                &mut symbols
+            ),
+            Some(debug.clone())
+        );
+        assert_eq!(symbols.get("arenas").copied(), full.symbol("arenas"));
+        let mut symbols = bare.symbols.clone();
+        assert_eq!(merge_debug_symbols(&[debug], "00ff", &mut symbols), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn version_tail_merged_into_a_path() {

@@ -2,6 +2,7 @@
 //! extensions compiled here. Privileged ones are `#[ignore]`d
 //! (a plain `cargo test` lists them as ignored); `cargo xtask test` runs them all as root, and
 //! one that cannot run fails.
+mod allocator;
 mod census;
 mod errors;
 mod overhead;
