@@ -137,33 +137,14 @@ fn the_leak_site(report: &Value, script_name: &str) -> Value {
     site
 }
 
-/// The `iterations=N t=S` progress lines overhead_churn.py printed so far: (N, S) of the
-/// last one.
-fn progress(target: &Target, last: &mut Option<(f64, f64)>) -> Option<(f64, f64)> {
-    for line in target.lines.try_iter() {
-        let mut it = line.split_whitespace();
-        let n = it.next().and_then(|w| w.strip_prefix("iterations="));
-        let t = it.next().and_then(|w| w.strip_prefix("t="));
-        if let (Some(n), Some(t)) = (n, t) {
-            *last = Some((n.parse().unwrap(), t.parse().unwrap()));
-        }
-    }
-    *last
-}
-
 /// overhead_churn.py (about 1,500 class instances per iteration, 1.3–1.5k iterations a
 /// second untraced here: over 2M class instances a second on either build, 6–7M objects on
 /// pyenv's) traced 50 s in the default mode: sampled, within the budget, the leak found at
-/// its line and about its rate, no churn growing. The target's own iteration rate during the
-/// trace stays at least half of what it was before (traced exactly it runs 8–17x slower):
-/// the budget is kept in fact, not only in the estimate.
+/// its line and about its rate, no churn growing. (What the budget costs in fact is timed in
+/// `cargo xtask bench`, not here.)
 fn churn_with_leak_is_sampled(python: &Path) {
     let target = crate::support::python(python, "overhead_churn.py", &[]);
-    std::thread::sleep(Duration::from_secs(4));
-    let mut seen = None;
-    let before = progress(&target, &mut seen).expect("overhead_churn.py prints its progress");
     let report = final_report(target.pid, 5, 50, &["--top", "100"]);
-    let after = progress(&target, &mut seen).unwrap();
     assert_eq!(report["mode"], "sampled", "final report: {report:#}");
     let budget = num(&report, "overhead_budget");
     assert!(
@@ -213,14 +194,6 @@ fn churn_with_leak_is_sampled(python: &Path) {
             "{churn:#}\nfinal report: {report:#}"
         );
     }
-
-    let rate_before = before.0 / before.1;
-    let rate_during = (after.0 - before.0) / (after.1 - before.1);
-    assert!(
-        rate_during >= 0.5 * rate_before,
-        "the target ran {rate_during:.0} iterations/s during the sampled trace, \
-         {rate_before:.0}/s before it: final report: {report:#}"
-    );
 }
 
 #[test]

@@ -160,7 +160,8 @@ pub fn leakscope_cmd(cmd: &mut Command, limit: Duration) -> Run {
     run
 }
 
-/// `trace --pid P --json --interval 2 --duration D` plus `extra`.
+/// `trace --pid P --json --interval 2 --duration D --exact` plus `extra`: exact mode, the
+/// ground truth most tests check (the budgeted default is tested in `overhead.rs`).
 pub fn trace(pid: u32, duration: u32, extra: &[&str]) -> Run {
     let (p, d) = (pid.to_string(), duration.to_string());
     let mut args = vec![
@@ -172,6 +173,7 @@ pub fn trace(pid: u32, duration: u32, extra: &[&str]) -> Run {
         "2",
         "--duration",
         &d,
+        "--exact",
     ];
     args.extend_from_slice(extra);
     let run = leakscope(&args, Duration::from_secs(duration as u64 + 60));
