@@ -46,7 +46,9 @@ pub const WALK_FRAMES: u32 = 1;
 pub const WALK_NS: u32 = 2;
 /// Stacks deeper than `MAX_FRAMES`, cut there (counted, and marked in the stack).
 pub const WALK_TRUNCATED: u32 = 3;
-pub const WALK_SLOTS: u32 = 4;
+/// Births not walked because their type is not in `WALK_TYPES` (the filter is on).
+pub const WALK_FILTERED: u32 = 4;
+pub const WALK_SLOTS: u32 = 5;
 
 /// Deepest stack kept; deeper ones are truncated and marked.
 pub const MAX_FRAMES: usize = 64;
@@ -101,7 +103,13 @@ pub struct StackConfig {
     pub frame_read: u64,
     /// Time each walk (for `--stats`).
     pub timing: u64,
+    /// 0: walk the stack at every birth. 1: only at births of a type in `WALK_TYPES` (the
+    /// sampled mode spends its walks on the types whose objects survive).
+    pub walk_filter: u64,
 }
+
+/// Most types `WALK_TYPES` holds.
+pub const MAX_WALK_TYPES: u32 = 1024;
 
 pub const NO_OFFSET: u64 = u64::MAX;
 
@@ -117,10 +125,14 @@ pub mod names {
     pub const STACKS: &str = "STACKS";
     /// Which (probe, drop kind) pairs already logged their first failure.
     pub const LOGGED: &str = "LOGGED";
+    /// Type pointers whose births get a stack walk while `StackConfig::walk_filter` is on.
+    pub const WALK_TYPES: &str = "WALK_TYPES";
     /// aya-log's ring buffer (the name `aya_log_ebpf` gives it).
     pub const AYA_LOGS: &str = "AYA_LOGS";
     /// Maps user space expects, in the order it opens them.
-    pub const MAPS: [&str; 8] = [EVENTS, HITS, DROPS, WALK, CONFIG, STACKS, LOGGED, AYA_LOGS];
+    pub const MAPS: [&str; 9] = [
+        EVENTS, HITS, DROPS, WALK, CONFIG, STACKS, LOGGED, WALK_TYPES, AYA_LOGS,
+    ];
 
     pub const BIRTH_ARG0: &str = "birth_arg0";
     pub const BIRTH_RET: &str = "birth_ret";
@@ -139,7 +151,7 @@ pub mod names {
 const _: () = assert!(size_of::<Event>() == 40 && align_of::<Event>() == 8);
 const _: () = assert!(size_of::<RawFrame>() == 16 && align_of::<RawFrame>() == 8);
 const _: () = assert!(size_of::<RawStack>() == 8 + 16 * MAX_FRAMES && align_of::<RawStack>() == 8);
-const _: () = assert!(size_of::<StackConfig>() == 16 + 9 * 8 && align_of::<StackConfig>() == 8);
+const _: () = assert!(size_of::<StackConfig>() == 16 + 10 * 8 && align_of::<StackConfig>() == 8);
 // Drop kinds index a per-probe bit mask in `LOGGED`.
 const _: () = assert!(DROP_KINDS <= 32);
 

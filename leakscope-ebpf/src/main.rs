@@ -22,8 +22,8 @@ use aya_log_ebpf::warn;
 use leakscope_common::{
     DROP_FRAME_READ_FAILED, DROP_KINDS, DROP_NO_TSTATE, DROP_READ_FAILED, DROP_RINGBUF_FULL,
     DROP_STACK_MAP_FULL, EVENT_BIRTH, EVENT_FREE, Event, FRAME_WINDOW_WORDS, MAX_FRAMES,
-    MAX_PROBES, NO_OFFSET, RawFrame, RawStack, StackConfig, WALK_COUNT, WALK_FRAMES, WALK_NS,
-    WALK_SLOTS, WALK_TRUNCATED,
+    MAX_PROBES, MAX_WALK_TYPES, NO_OFFSET, RawFrame, RawStack, StackConfig, WALK_COUNT,
+    WALK_FILTERED, WALK_FRAMES, WALK_NS, WALK_SLOTS, WALK_TRUNCATED,
 };
 
 /// 32 MiB: about 800k events, drained every 10 ms by user space.
@@ -46,6 +46,11 @@ static CONFIG: Array<StackConfig> = Array::with_max_entries(1, 0);
 /// Interned stacks by hash. Allocated on demand: most never fill it.
 #[map]
 static STACKS: HashMap<u64, RawStack> = HashMap::with_max_entries(32768, BPF_F_NO_PREALLOC);
+
+/// Types whose births are walked while `StackConfig::walk_filter` is on (written by user
+/// space between windows).
+#[map]
+static WALK_TYPES: HashMap<u64, u8> = HashMap::with_max_entries(MAX_WALK_TYPES, 0);
 
 /// Per-CPU scratch: a stack being built (too big for the 512-byte BPF stack) and one frame.
 #[repr(C)]
@@ -153,7 +158,12 @@ fn birth<C: EbpfContext>(ctx: &C, probe: u32, obj: u64) {
     }
     match unsafe { bpf_probe_read_user((obj + 8) as *const TypeAndSize) } {
         Ok(ts) => {
-            let stack_id = capture_stack(ctx, probe);
+            let stack_id = if walks(ts.ob_type) {
+                capture_stack(ctx, probe)
+            } else {
+                bump(&WALK, WALK_FILTERED);
+                0
+            };
             emit(
                 ctx,
                 EVENT_BIRTH,
@@ -174,6 +184,16 @@ fn birth<C: EbpfContext>(ctx: &C, probe: u32, obj: u64) {
                 );
             }
         }
+    }
+}
+
+/// Whether a birth of this type gets a stack: always, unless the filter is on and the type
+/// is not in `WALK_TYPES`.
+#[inline(always)]
+fn walks(type_ptr: u64) -> bool {
+    match CONFIG.get(0) {
+        Some(cfg) if cfg.walk_filter != 0 => unsafe { WALK_TYPES.get(&type_ptr) }.is_some(),
+        _ => true,
     }
 }
 

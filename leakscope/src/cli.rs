@@ -283,8 +283,14 @@ mod tests {
             Command::Trace(c) => c.budget,
             _ => panic!(),
         };
-        assert_eq!(budget(&["trace", "-p", "1", "--overhead", "2.5"]), Budget::Overhead(0.025));
-        assert_eq!(budget(&["trace", "-p", "1", "--overhead", "5%"]), Budget::Overhead(0.05));
+        assert_eq!(
+            budget(&["trace", "-p", "1", "--overhead", "2.5"]),
+            Budget::Overhead(0.025)
+        );
+        assert_eq!(
+            budget(&["trace", "-p", "1", "--overhead", "5%"]),
+            Budget::Overhead(0.05)
+        );
         assert_eq!(budget(&["trace", "-p", "1", "--exact"]), Budget::Exact);
         let err = |args: &[&str]| format!("{:#}", parse(args).unwrap_err());
         assert!(err(&["trace", "-p", "1", "--overhead", "0"]).contains("percentage"));

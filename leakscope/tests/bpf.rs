@@ -401,7 +401,10 @@ fn probes_detach_and_reattach_between_windows_and_calibration_leaves_nothing_beh
         Err(e) => panic!("calibrate: {e:#}"),
     };
     eprintln!("trap cost on this machine: {cost:?}");
-    assert!(cost.emulated_ns.is_finite() && cost.stepped_ns.is_finite(), "{cost:?}");
+    assert!(
+        cost.emulated_ns.is_finite() && cost.stepped_ns.is_finite(),
+        "{cost:?}"
+    );
     assert!(drain_all(&mut tracer).is_empty());
     assert_eq!(tracer.hits(1), [0]);
     // Attached: every call is seen. Detached: none is. Attached again: seen again.

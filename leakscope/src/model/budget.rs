@@ -278,7 +278,10 @@ mod tests {
     fn exact_keeps_tracing_whatever_it_costs() {
         let c = simulate(Budget::Exact, 30.0, 10.0);
         let s = c.state(c.elapsed_s);
-        assert_eq!((s.mode, s.overhead_budget, s.windows), (Mode::Exact, None, 0));
+        assert_eq!(
+            (s.mode, s.overhead_budget, s.windows),
+            (Mode::Exact, None, 0)
+        );
         assert!(s.estimated_overhead > 20.0, "{s:?}");
     }
 

@@ -14,8 +14,8 @@ use aya::{
 use aya_log::EbpfLogger;
 use leakscope_common::{
     DROP_FRAME_READ_FAILED, DROP_NO_TSTATE, DROP_READ_FAILED, DROP_RINGBUF_FULL,
-    DROP_STACK_MAP_FULL, Event, MAX_PROBES, RawStack, StackConfig, WALK_COUNT, WALK_FRAMES,
-    WALK_NS, WALK_TRUNCATED, names,
+    DROP_STACK_MAP_FULL, Event, MAX_PROBES, MAX_WALK_TYPES, RawStack, StackConfig, WALK_COUNT,
+    WALK_FILTERED, WALK_FRAMES, WALK_NS, WALK_TRUNCATED, names,
 };
 use object::{Object, ObjectSection, ObjectSymbol, read::elf::ElfFile64};
 use std::{num::NonZeroU32, os::fd::OwnedFd};
@@ -106,6 +106,8 @@ pub struct Tracer {
     drops: PerCpuArray<MapData, u64>,
     walk: PerCpuArray<MapData, u64>,
     stacks: BpfHashMap<MapData, u64, RawStack>,
+    walk_types: BpfHashMap<MapData, u64, u8>,
+    stack_config: StackConfig,
     /// The programs' log (`-v` only), printed from `drain`.
     logger: Option<EbpfLogger<BpfLog>>,
     /// Ring-buffer records too short to be an event (counted, never decoded).
@@ -144,6 +146,8 @@ pub struct Counters {
     pub walk_frames: u64,
     pub walk_ns: u64,
     pub walk_truncated: u64,
+    /// Births not walked: their type was not in the walk filter.
+    pub walk_filtered: u64,
 }
 
 /// One ring-buffer record as an event; `None` when it is too short to be one.
@@ -318,6 +322,7 @@ impl Tracer {
         let drops = PerCpuArray::try_from(take(names::DROPS)?)?;
         let walk = PerCpuArray::try_from(take(names::WALK)?)?;
         let stacks = BpfHashMap::try_from(take(names::STACKS)?)?;
+        let walk_types = BpfHashMap::try_from(take(names::WALK_TYPES)?)?;
         Ok(Tracer {
             ebpf,
             events,
@@ -325,6 +330,8 @@ impl Tracer {
             drops,
             walk,
             stacks,
+            walk_types,
+            stack_config,
             logger,
             short_records: 0,
             stats,
@@ -377,6 +384,32 @@ impl Tracer {
                 self.detaching.push(h);
             }
         }
+    }
+
+    /// Walk stacks only at births of these types (`Some`), or at every birth (`None`).
+    /// Takes effect at once, attached or not; at most `MAX_WALK_TYPES` types are kept.
+    pub fn set_walk_filter(&mut self, types: Option<&[u64]>) -> Result<()> {
+        let old: Vec<u64> = self.walk_types.keys().filter_map(|k| k.ok()).collect();
+        let new = types.unwrap_or(&[]);
+        let new = &new[..new.len().min(MAX_WALK_TYPES as usize)];
+        for t in new {
+            self.walk_types
+                .insert(t, 1, 0)
+                .context("writing the walk filter")?;
+        }
+        for t in old.iter().filter(|t| !new.contains(t)) {
+            let _ = self.walk_types.remove(t);
+        }
+        let mut cfg = self.stack_config;
+        cfg.walk_filter = u64::from(types.is_some());
+        let map = self
+            .ebpf
+            .map_mut(names::CONFIG)
+            .with_context(|| format!("the BPF object has no map {}", names::CONFIG))?;
+        Array::<_, StackConfig>::try_from(map)?
+            .set(0, cfg, 0)
+            .context("writing the walk filter")?;
+        Ok(())
     }
 
     /// Waits until every detached link is closed (its breakpoints long gone).
@@ -480,6 +513,7 @@ impl Tracer {
             walk_frames: walk(WALK_FRAMES),
             walk_ns: walk(WALK_NS),
             walk_truncated: walk(WALK_TRUNCATED),
+            walk_filtered: walk(WALK_FILTERED),
         }
     }
 

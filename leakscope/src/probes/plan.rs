@@ -318,5 +318,6 @@ pub fn stack_config(
         frame_off2: l.frame_path.1.unwrap_or(NO_OFFSET),
         frame_read: read,
         timing: timing as u64,
+        walk_filter: 0,
     })
 }

@@ -137,6 +137,10 @@ pub struct Report {
     /// Sampled mode: the checks of followed objects between windows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub followed: Option<FollowStats>,
+    /// Sampled mode: this window walks stacks only at births of this many types (those
+    /// with survivors); absent when every birth is walked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub walk_filter_types: Option<usize>,
     pub types: Vec<TypeRow>,
     /// Time of the census that added `census` rows (partial builds).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -144,6 +148,13 @@ pub struct Report {
     /// Why this partial build's report has no census rows although they were asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub census_error: Option<String>,
+    /// Free signal: pymalloc's size classes whose live block count moved since the first
+    /// allocator census (names like "pymalloc 64-byte blocks"; growing first).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allocator_classes: Vec<TypeRow>,
+    /// Why there is no allocator census (when one was wanted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocator_error: Option<String>,
     /// Allocation sites, growing ones first (at most `--top`).
     pub sites: Vec<SiteReport>,
     pub live_objects: u64,
@@ -294,9 +305,17 @@ pub fn text(report: &Report, top: usize) -> String {
     if sampled {
         let _ = writeln!(
             s,
-            "  (sampled: LIVE, BORN, DIED count the objects born in sampling windows and followed since; ≈ RATE/s is scaled to the whole time, ± one standard error)"
+            "  (sampled: LIVE, BORN, DIED count the objects born in sampling windows and followed since; ≈ RATE/s is scaled to the whole time, ± one standard error{})",
+            match report.walk_filter_types {
+                Some(n) => format!(
+                    "; stacks are walked only for the {n} type{} with survivors, and for all in every 4th window",
+                    if n == 1 { "" } else { "s" }
+                ),
+                None => String::new(),
+            }
         );
     }
+    free_signals_text(&mut s, report);
     sites_text(&mut s, report);
     if let Some(f) = &report.followed {
         let _ = writeln!(
@@ -426,6 +445,45 @@ pub fn tracing_line(t: &State, elapsed_s: f64) -> String {
     )
 }
 
+/// The allocator's size classes: the growing ones by name, the rest summed up.
+fn free_signals_text(s: &mut String, report: &Report) {
+    let c = &report.allocator_classes;
+    if c.is_empty() {
+        if let Some(e) = &report.allocator_error {
+            let _ = writeln!(s, "  allocator census: unavailable ({e})");
+        }
+        return;
+    }
+    let growing: Vec<String> = c
+        .iter()
+        .filter(|r| r.growing)
+        .map(|r| {
+            format!(
+                "{} ({} live, {:+.0}/s)",
+                r.name
+                    .trim_start_matches("pymalloc ")
+                    .trim_end_matches(" blocks"),
+                thousands(r.live),
+                r.rate_per_s
+            )
+        })
+        .collect();
+    let (blocks, bytes) = c
+        .iter()
+        .fold((0, 0), |(n, b), r| (n + r.live, b + r.live_bytes));
+    let _ = writeln!(
+        s,
+        "  allocator census (pymalloc pools, free): {} blocks in classes that moved, {} · growing: {}",
+        thousands(blocks),
+        human_bytes(bytes),
+        if growing.is_empty() {
+            "none".to_string()
+        } else {
+            growing.join(", ")
+        }
+    );
+}
+
 /// Frames shown per site in the text report (innermost first).
 pub const SITE_FRAMES: usize = 6;
 
@@ -546,6 +604,7 @@ mod tests {
             interval_s: 2.0,
             tracing: exact(0.021),
             followed: None,
+            walk_filter_types: None,
             types: vec![
                 row("__main__.Leak", 20000, true),
                 row("dict", 12, false),
@@ -553,6 +612,8 @@ mod tests {
             ],
             census_ms: None,
             census_error: None,
+            allocator_classes: vec![],
+            allocator_error: None,
             sites: vec![SiteReport {
                 type_name: "__main__.Leak".into(),
                 live: 20000,
@@ -684,10 +745,15 @@ mod tests {
         );
         assert!(t.contains("2222.2±15.7"), "{t}");
         assert!(
-            t.contains("▲ __main__.Leak · 20,000 followed live, ≈ 22,222±157 in all · ≈ 2222.2±15.7/s"),
+            t.contains(
+                "▲ __main__.Leak · 20,000 followed live, ≈ 22,222±157 in all · ≈ 2222.2±15.7/s"
+            ),
             "{t}"
         );
-        assert!(t.contains("followed between windows: 900 checks · found dead: 7 by refcount"), "{t}");
+        assert!(
+            t.contains("followed between windows: 900 checks · found dead: 7 by refcount"),
+            "{t}"
+        );
         let v: serde_json::Value = serde_json::from_str(&json(&r)).unwrap();
         assert_eq!(v["mode"], "sampled");
         assert_eq!(v["traced_fraction"], 0.09);

@@ -28,7 +28,9 @@ pub const MAX_REFCNT: u64 = 1 << 40;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Still the same object; `tag` is what to remember (new or unchanged).
-    Alive { tag: u64 },
+    Alive {
+        tag: u64,
+    },
     Dead(Why),
 }
 
@@ -43,7 +45,10 @@ pub enum Why {
 
 /// Reads one followed object and says whether it is still the one that was born.
 pub fn check(mem: &dyn Memory, o: &Followed) -> Verdict {
-    let body = o.bytes.saturating_sub(o.preheader).clamp(16, 16 + TAG_BYTES);
+    let body = o
+        .bytes
+        .saturating_sub(o.preheader)
+        .clamp(16, 16 + TAG_BYTES);
     let start = o.addr - o.preheader;
     let mut buf = vec![0u8; (o.preheader + body) as usize];
     if mem.read(start, &mut buf).is_err() {
@@ -123,7 +128,10 @@ mod tests {
         };
         m.put_words(0x1000, &[7]);
         m.put_words(0x1000 - 16, &[0x3333, 0x4444]);
-        assert_eq!(check(&*m, &followed(0x1000, 32, tag)), Verdict::Alive { tag });
+        assert_eq!(
+            check(&*m, &followed(0x1000, 32, tag)),
+            Verdict::Alive { tag }
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! exit with a final report. The loop never waits behind work: a batch is at most `BATCH`
 //! events, signals and clocks are looked at between batches (first), and the census that
 //! adds rows on partial builds walks on its own thread.
-use crate::census::{Heap, Walker};
+use crate::census::{Allocator, Heap, Walker};
 use crate::config::{Format, Placement, TraceConfig};
 use crate::cpython;
 use crate::model::aggregate::{self, Aggregator, CensusTrend, TypeRow};
@@ -78,17 +78,23 @@ impl Pipeline {
     }
 }
 
-/// One census as the trace uses it: counts of the types the probes cannot see.
+/// One round of free signals as the trace uses it: counts of the types the probes cannot
+/// see (GC lists for GC types, pymalloc's pools for the others), and pymalloc's size
+/// classes.
 struct CensusSample {
-    /// Seconds since attach, at the middle of the walk.
+    /// Seconds since attach, at the middle of the walks.
     at_s: f64,
     walk_ms: f64,
     /// (type, name, objects, bytes).
     unseen: Vec<(u64, String, u64, u64)>,
+    /// Live blocks and bytes per pymalloc size class (block size in bytes), if walked.
+    classes: Option<Vec<(u64, u64, u64)>>,
+    /// Why the allocator census is not there.
+    allocator_error: Option<String>,
 }
 
-/// The census on its own thread: a walk of 1M objects takes about 2 s, and the loop must
-/// not wait for it. One walk at a time; the report uses the newest finished one.
+/// The free signals on their own thread: a GC walk of 1M objects takes about 2 s, and the
+/// loop must not wait for it. One round at a time; the report uses the newest finished one.
 struct CensusWorker {
     requests: mpsc::Sender<()>,
     results: mpsc::Receiver<CensusSample>,
@@ -96,7 +102,14 @@ struct CensusWorker {
 }
 
 impl CensusWorker {
-    fn start(heap: Heap, mut resolver: Resolver, started: Instant) -> Result<CensusWorker> {
+    /// `heap`: walk the GC lists (partial builds); `allocator`: walk pymalloc's pools
+    /// (when found). Only types the resolver does not track are reported as `unseen`.
+    fn start(
+        heap: Option<Heap>,
+        allocator: Result<Allocator, String>,
+        mut resolver: Resolver,
+        started: Instant,
+    ) -> Result<CensusWorker> {
         let (requests, rx) = mpsc::channel::<()>();
         let (tx, results) = mpsc::channel();
         std::thread::Builder::new()
@@ -105,10 +118,25 @@ impl CensusWorker {
                 for () in rx {
                     let t0 = started.elapsed().as_secs_f64();
                     let walk_started = Instant::now();
-                    let census = Walker::new(&heap, &mut resolver).run();
+                    let mut counts = hashbrown::HashMap::new();
+                    if let Some(heap) = &heap {
+                        counts = Walker::new(heap, &mut resolver).run().types;
+                    }
+                    let alloc = allocator.as_ref().ok().map(|a| a.walk(&mut resolver));
                     let walk_s = walk_started.elapsed().as_secs_f64();
-                    let unseen = census
-                        .types
+                    if let Some(a) = &alloc {
+                        // GC types come from the GC lists (every size); the others from
+                        // pymalloc's pools (objects up to 512 bytes).
+                        for (&t, &c) in &a.types {
+                            if resolver
+                                .get(t)
+                                .is_some_and(|i| i.flags & cpython::TPFLAGS_HAVE_GC == 0)
+                            {
+                                counts.insert(t, c);
+                            }
+                        }
+                    }
+                    let unseen = counts
                         .into_iter()
                         .filter_map(|(t, (n, b))| {
                             let info = resolver.get(t)?;
@@ -120,6 +148,13 @@ impl CensusWorker {
                         at_s: t0 + walk_s / 2.0,
                         walk_ms: walk_s * 1e3,
                         unseen,
+                        classes: alloc.map(|a| {
+                            a.classes
+                                .iter()
+                                .map(|c| (c.size, c.blocks, c.bytes))
+                                .collect()
+                        }),
+                        allocator_error: allocator.as_ref().err().cloned(),
                     };
                     if tx.send(sample).is_err() {
                         break;
@@ -152,14 +187,20 @@ impl CensusWorker {
     }
 }
 
-/// Census rows on partial builds: off, failed to set up (said in every report), or running.
+/// Free signals: off, failed to set up (said in every report; `Failed` on partial builds,
+/// whose census rows are missing then), or running.
 enum CensusRows {
     Off,
     Failed(String),
+    Unavailable(String),
     On {
-        worker: CensusWorker,
+        worker: Box<CensusWorker>,
         trend: CensusTrend,
         rows: Vec<TypeRow>,
+        /// pymalloc's size classes, as rows named by block size.
+        classes: CensusTrend,
+        class_rows: Vec<TypeRow>,
+        allocator_error: Option<String>,
         walk_ms: Option<f64>,
         /// Under a budget, the next walk waits until then.
         next_request: Instant,
@@ -266,21 +307,40 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
         )
     };
     let mut pipeline = Pipeline::new(resolver(process.memory()), symbolizer);
-    let census = if plan.coverage == Coverage::Partial && cfg.census_rows {
-        match Heap::of(&process, &interp)
-            .and_then(|heap| CensusWorker::start(heap, resolver(process.memory()), started))
-        {
+    // Free signals: on partial builds the GC lists and pymalloc's pools count the builtins
+    // the probes cannot see; under a budget, pymalloc's size classes show what grows on
+    // any build. Both walk on their own thread, paced.
+    let gc_rows = plan.coverage == Coverage::Partial && cfg.census_rows;
+    let want_allocator = gc_rows || (cfg.budget != Budget::Exact && cfg.census_rows);
+    let census = if gc_rows || want_allocator {
+        let heap = if gc_rows {
+            Heap::of(&process, &interp).map(Some)
+        } else {
+            Ok(None)
+        };
+        let allocator = Allocator::of(&process, &interp).map_err(|e| format!("{e:#}"));
+        match heap.and_then(|heap| {
+            if heap.is_none() && allocator.is_err() {
+                // Nothing to walk: say why once, in every report.
+                bail!("{}", allocator.as_ref().err().cloned().unwrap_or_default());
+            }
+            CensusWorker::start(heap, allocator, resolver(process.memory()), started)
+        }) {
             Ok(mut worker) => {
                 worker.request();
                 CensusRows::On {
-                    worker,
+                    worker: Box::new(worker),
                     trend: CensusTrend::default(),
                     rows: vec![],
+                    classes: CensusTrend::default(),
+                    class_rows: vec![],
+                    allocator_error: None,
                     walk_ms: None,
                     next_request: started,
                 }
             }
-            Err(e) => CensusRows::Failed(format!("{e:#}")),
+            Err(e) if gc_rows => CensusRows::Failed(format!("{e:#}")),
+            Err(e) => CensusRows::Unavailable(format!("{e:#}")),
         }
     } else {
         CensusRows::Off
@@ -305,7 +365,9 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
             epoch: 0,
             observed: None,
             follow: FollowStats::default(),
+            walk_types: None,
         },
+        stacks: stack_config.is_some(),
     };
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -373,6 +435,10 @@ const CALIBRATION_CALLS: u32 = 2_000;
 /// In exact mode the cost is booked, and the budget checked, this often (a target that
 /// starts allocating hard pays at most this long at the full cost).
 const EXACT_CHECK_S: f64 = budget::MEASURE_S;
+/// Sampled mode walks every birth's stack in the first windows and in every
+/// `DISCOVERY_EVERY`th; in the others only those of types whose objects survive.
+const DISCOVERY_WINDOWS: u32 = 3;
+const DISCOVERY_EVERY: u32 = 4;
 /// Most time spent taking what is queued when a window closes (then the rest waits).
 const CLOSE_DRAIN: Duration = Duration::from_millis(500);
 
@@ -411,6 +477,8 @@ struct Sampler {
     /// Sampled mode: the rows of the last observation (a window's close), reports show.
     observed: Option<Observation>,
     follow: FollowStats,
+    /// Types whose births the current window walks (`None`: all).
+    walk_types: Option<usize>,
 }
 
 struct Observation {
@@ -431,6 +499,8 @@ struct Session<'a> {
     census: CensusRows,
     events: Vec<Event>,
     sampler: Sampler,
+    /// Births walk Python stacks.
+    stacks: bool,
 }
 
 impl Session<'_> {
@@ -479,7 +549,12 @@ impl Session<'_> {
                     // Leaving exact mode: from here on, only windows' births are new.
                     eprintln!(
                         "leakscope: tracing all the time costs {:.0}% (budget {:.0}%): sampling from now on",
-                        self.sampler.ctl.state(0.0).cost_ratio_attached.unwrap_or(0.0) * 100.0,
+                        self.sampler
+                            .ctl
+                            .state(0.0)
+                            .cost_ratio_attached
+                            .unwrap_or(0.0)
+                            * 100.0,
                         self.sampler.ctl.fraction().unwrap_or(0.0) * 100.0
                     );
                 }
@@ -490,8 +565,7 @@ impl Session<'_> {
                     self.sampler.next = Instant::now() + secs(EXACT_CHECK_S);
                 } else {
                     self.sampler.phase = Phase::Closed;
-                    self.sampler.next =
-                        Instant::now() + secs(self.sampler.ctl.gap_s());
+                    self.sampler.next = Instant::now() + secs(self.sampler.ctl.gap_s());
                 }
             }
             Phase::Closed => {
@@ -505,11 +579,48 @@ impl Session<'_> {
 
     fn open(&mut self, tracer: &mut Tracer, phase: Phase) -> Result<()> {
         self.sampler.epoch += 1;
+        self.choose_walks(tracer, phase);
         // Births of this window are told apart from older ones.
         tracer.attach_probes()?;
         self.sampler.attached_at = Some(Instant::now());
         self.sampler.phase = phase;
         Ok(())
+    }
+
+    /// Spends the stack walks (the dearer half of a birth's cost) on the types that matter:
+    /// in sampled mode, after the first windows, only births of types with followed
+    /// survivors older than a window are walked, except in every `DISCOVERY_EVERY`th
+    /// window, which walks all (so a new leak of another type is found and gets stacks).
+    fn choose_walks(&mut self, tracer: &mut Tracer, phase: Phase) {
+        if !self.stacks {
+            return;
+        }
+        let e = self.sampler.epoch;
+        let filter: Option<Vec<u64>> = match (&self.sampler.observed, phase) {
+            (Some(obs), Phase::Open)
+                if e > DISCOVERY_WINDOWS && !e.is_multiple_of(DISCOVERY_EVERY) =>
+            {
+                let mut young: hashbrown::HashMap<u64, u64> = hashbrown::HashMap::new();
+                for (&(t, _), &n) in &obs.young {
+                    *young.entry(t).or_insert(0) += n;
+                }
+                Some(
+                    obs.types
+                        .iter()
+                        .filter(|r| {
+                            r.growing || r.live > young.get(&r.type_ptr).copied().unwrap_or(0)
+                        })
+                        .map(|r| r.type_ptr)
+                        .collect(),
+                )
+            }
+            _ => None,
+        };
+        self.sampler.walk_types = filter.as_ref().map(Vec::len);
+        if let Err(e) = tracer.set_walk_filter(filter.as_deref()) {
+            eprintln!("leakscope: walking every stack ({e:#})");
+            self.sampler.walk_types = None;
+        }
     }
 
     /// Detach, take what is queued, check every followed object, observe.
@@ -629,7 +740,10 @@ impl Session<'_> {
                     obs.sites
                         .iter()
                         .map(|r| {
-                            scale(r, obs.young.get(&(r.type_ptr, r.site)).copied().unwrap_or(0))
+                            scale(
+                                r,
+                                obs.young.get(&(r.type_ptr, r.site)).copied().unwrap_or(0),
+                            )
                         })
                         .collect(),
                 )
@@ -642,13 +756,18 @@ impl Session<'_> {
             }),
         };
         let (mut census_ms, mut census_error) = (None, None);
+        let (mut allocator_classes, mut allocator_error) = (vec![], None);
         match &mut self.census {
             CensusRows::Off => {}
             CensusRows::Failed(e) => census_error = Some(e.clone()),
+            CensusRows::Unavailable(e) => allocator_error = Some(e.clone()),
             CensusRows::On {
                 worker,
                 trend,
                 rows,
+                classes,
+                class_rows,
+                allocator_error: alloc_err,
                 walk_ms,
                 next_request,
             } => {
@@ -666,9 +785,17 @@ impl Session<'_> {
                     *rows = trend.add(sample.at_s, &counts, &mut |t| {
                         names.get(&t).cloned().unwrap_or_default()
                     });
+                    if let Some(c) = &sample.classes {
+                        let counts = c.iter().map(|&(size, n, b)| (size, (n, b))).collect();
+                        *class_rows = classes.add(sample.at_s, &counts, &mut |size| {
+                            format!("pymalloc {size}-byte blocks")
+                        });
+                        aggregate::sort_rows(class_rows);
+                    }
+                    *alloc_err = sample.allocator_error;
                     *walk_ms = Some(sample.walk_ms);
-                    // A walk reads the heap while the target runs: under a budget, walk at
-                    // most 1/CENSUS_DUTY_DEN of the time.
+                    // The walks read the heap while the target runs: under a budget, they
+                    // take at most 1/(1 + CENSUS_GAP_PER_WALK) of the time.
                     if let Budget::Overhead(_) = cfg.budget {
                         *next_request = Instant::now()
                             + Duration::from_secs_f64(sample.walk_ms / 1e3 * CENSUS_GAP_PER_WALK);
@@ -679,6 +806,8 @@ impl Session<'_> {
                 }
                 types.extend(rows.iter().cloned());
                 aggregate::sort_rows(&mut types);
+                allocator_classes = class_rows.clone();
+                allocator_error = alloc_err.clone();
                 census_ms = *walk_ms;
             }
         }
@@ -762,9 +891,16 @@ impl Session<'_> {
             interval_s: cfg.interval.as_secs_f64(),
             tracing,
             followed: (self.sampler.follow.checked > 0).then(|| self.sampler.follow.clone()),
+            walk_filter_types: if sampled {
+                self.sampler.walk_types
+            } else {
+                None
+            },
             types,
             census_ms,
             census_error,
+            allocator_classes,
+            allocator_error,
             sites: site_reports,
             live_objects: agg.live_objects() as u64,
             ignored_births: agg.ignored_births,
