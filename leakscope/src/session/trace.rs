@@ -189,12 +189,14 @@ impl CensusWorker {
 
 /// Free signals: off, failed to set up (said in every report; `Failed` on partial builds,
 /// whose census rows are missing then), or running.
+// One value per trace: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum CensusRows {
     Off,
     Failed(String),
     Unavailable(String),
     On {
-        worker: Box<CensusWorker>,
+        worker: CensusWorker,
         trend: CensusTrend,
         rows: Vec<TypeRow>,
         /// pymalloc's size classes, as rows named by block size.
@@ -329,7 +331,7 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
             Ok(mut worker) => {
                 worker.request();
                 CensusRows::On {
-                    worker: Box::new(worker),
+                    worker,
                     trend: CensusTrend::default(),
                     rows: vec![],
                     classes: CensusTrend::default(),
