@@ -98,6 +98,7 @@ impl Counters {
             growing: keeps_growing(&self.floors, self.births),
             census: false,
             estimate: None,
+            free_count_flat: false,
         };
         self.interval_births = 0;
         self.interval_deaths = 0;
@@ -155,6 +156,10 @@ pub struct TypeRow {
     /// Sampled mode: the counts scaled to the whole trace (set by the session).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub estimate: Option<crate::model::budget::Estimate>,
+    /// Sampled mode: the followed survivors grew, but the free signals (GC lists,
+    /// pymalloc's pools) counted the type flat, so it is not called growing.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub free_count_flat: bool,
 }
 
 /// A type "keeps growing" when its *floor* (the lowest live count within an interval) keeps
@@ -372,6 +377,7 @@ impl CensusTrend {
                 growing: keeps_growing(since_first, 0),
                 census: true,
                 estimate: None,
+                free_count_flat: false,
             });
         }
         rows

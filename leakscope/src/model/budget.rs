@@ -136,6 +136,16 @@ impl Controller {
         self.mode
     }
 
+    /// Extra cost that takes no wall time of its own (a detach's stall, paid in the gap
+    /// that follows): added to the totals and to the debt.
+    pub fn charge(&mut self, extra_s: f64) {
+        let extra_s = extra_s.max(0.0);
+        self.extra_s += extra_s;
+        if let Budget::Overhead(b) = self.budget {
+            self.debt_s += extra_s / (b * AIM);
+        }
+    }
+
     /// A window closed (counted in `windows`).
     pub fn window_closed(&mut self) {
         self.windows += 1;
@@ -323,6 +333,16 @@ mod tests {
         // Exact: nothing is scaled.
         let e = estimate(60, 10, 5.0, 1.0, 100.0);
         assert_eq!((e.live, e.rate_per_s), (60.0, 5.0));
+    }
+
+    #[test]
+    fn a_charge_adds_to_the_cost_and_lengthens_the_next_gap() {
+        let mut c = Controller::new(Budget::Overhead(0.10));
+        c.book(0.2, 0.2, 0.0);
+        c.book(10.0, 0.0, 0.0);
+        c.charge(0.08); // a detach stalled the target 80 ms: 1 s of work at 8%
+        assert!((c.gap_s() - 1.0).abs() < 1e-9, "{}", c.gap_s());
+        assert!((c.state(10.2).estimated_overhead - 0.08 / (10.2 - 0.08)).abs() < 1e-9);
     }
 
     #[test]

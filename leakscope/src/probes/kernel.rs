@@ -170,12 +170,16 @@ pub fn check_uprobe_support(sysfs: &std::path::Path) -> Result<()> {
 
 /// What one probe hit costs the target beyond the BPF program's own run time: the trap,
 /// measured in leakscope's own process at start (`Tracer::calibrate`).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct TrapCost {
     /// On an instruction the kernel emulates (push, nop, relative jumps).
     pub emulated_ns: f64,
     /// On one it must single-step out of line.
     pub stepped_ns: f64,
+    /// What a thread that keeps hitting a probe loses while the kernel detaches it: its
+    /// hits block until the kernel is done (tens of ms here). Paid once per probe and
+    /// window by a busy target.
+    pub detach_ns: f64,
 }
 
 impl TrapCost {
@@ -183,6 +187,7 @@ impl TrapCost {
     pub const FALLBACK: TrapCost = TrapCost {
         emulated_ns: 1_000.0,
         stepped_ns: 14_000.0,
+        detach_ns: 100e6,
     };
 
     pub fn of(&self, emulated: bool) -> f64 {
@@ -469,10 +474,54 @@ impl Tracer {
             let _ = uprobe(&mut self.ebpf, spec.program)?.detach(link);
             cost[k] = ((probed - plain - run) / calls as f64).max(0.0);
         }
+        let detach_ns = self.detach_stall()?;
         Ok(TrapCost {
             emulated_ns: cost[0],
             stepped_ns: cost[1],
+            detach_ns,
         })
+    }
+
+    /// A thread of ours calls a probed function in a loop while the probe is detached;
+    /// what it lost is the time its calls spent beyond 2 µs each (a plain trap is well
+    /// under that), over the whole detach.
+    fn detach_stall(&mut self) -> Result<f64> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let f: unsafe extern "C" fn(u64) -> u64 = leakscope_calibrate_emulated;
+        let (path, offset) = own_file_offset(f as usize as u64)?;
+        let spec = ProbeSpec {
+            label: "calibration of a detach".into(),
+            program: leakscope_common::names::FREE_ARG0,
+            path,
+            file_offset: offset,
+            point: super::disasm::ProbePoint::default(),
+            entry: super::disasm::ProbePoint::default(),
+        };
+        let link = attach_one(&mut self.ebpf, CALIBRATION_COOKIE, &spec, self_pid()?)
+            .context("calibrating what a detach costs")?;
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let looper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut excess = 0.0f64;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = std::time::Instant::now();
+                    unsafe { std::hint::black_box(f(std::hint::black_box(0))) };
+                    let ns = t.elapsed().as_nanos() as f64;
+                    if ns > 2_000.0 {
+                        excess += ns;
+                    }
+                }
+                excess
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let _ = uprobe(&mut self.ebpf, spec.program)?.detach(link);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        stop.store(true, Ordering::Relaxed);
+        looper
+            .join()
+            .map_err(|_| anyhow!("the calibration thread panicked"))
     }
 
     /// Moves at most `max` queued events into `out`; true when it stopped at `max` (more

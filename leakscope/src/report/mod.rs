@@ -141,6 +141,8 @@ pub struct Report {
     /// with survivors); absent when every birth is walked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub walk_filter_types: Option<usize>,
+    /// What the cost model takes a hit and a detach to cost (measured at start).
+    pub calibration: crate::probes::kernel::TrapCost,
     pub types: Vec<TypeRow>,
     /// Time of the census that added `census` rows (partial builds).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -300,6 +302,19 @@ pub fn text(report: &Report, top: usize) -> String {
         let _ = writeln!(
             s,
             "  census rows: unavailable on this build ({e}); builtins are not shown"
+        );
+    }
+    let flat: Vec<&str> = report
+        .types
+        .iter()
+        .filter(|r| r.free_count_flat)
+        .map(|r| r.name.as_str())
+        .collect();
+    if !flat.is_empty() {
+        let _ = writeln!(
+            s,
+            "  not growing although their followed objects are: {} (the GC lists and pymalloc's pools count them flat)",
+            flat.join(", ")
         );
     }
     if sampled {
@@ -579,6 +594,7 @@ mod tests {
             growing,
             census: false,
             estimate: None,
+            free_count_flat: false,
         }
     }
 
@@ -605,6 +621,7 @@ mod tests {
             tracing: exact(0.021),
             followed: None,
             walk_filter_types: None,
+            calibration: crate::probes::kernel::TrapCost::FALLBACK,
             types: vec![
                 row("__main__.Leak", 20000, true),
                 row("dict", 12, false),

@@ -91,6 +91,9 @@ struct CensusSample {
     classes: Option<Vec<(u64, u64, u64)>>,
     /// Why the allocator census is not there.
     allocator_error: Option<String>,
+    /// Every type's live objects as the free signals count them: GC types from the GC
+    /// lists, the others from pymalloc's pools (all objects, born before attach too).
+    totals: Vec<(u64, u64)>,
 }
 
 /// The free signals on their own thread: a GC walk of 1M objects takes about 2 s, and the
@@ -136,6 +139,7 @@ impl CensusWorker {
                             }
                         }
                     }
+                    let totals = counts.iter().map(|(&t, &(n, _))| (t, n)).collect();
                     let unseen = counts
                         .into_iter()
                         .filter_map(|(t, (n, b))| {
@@ -155,6 +159,7 @@ impl CensusWorker {
                                 .collect()
                         }),
                         allocator_error: allocator.as_ref().err().cloned(),
+                        totals,
                     };
                     if tx.send(sample).is_err() {
                         break;
@@ -207,6 +212,43 @@ enum CensusRows {
         /// Under a budget, the next walk waits until then.
         next_request: Instant,
     },
+}
+
+/// What the free signals counted of each type, census after census.
+#[derive(Default)]
+struct FreeCounts {
+    times: Vec<f64>,
+    counts: hashbrown::HashMap<u64, Vec<(f64, u64)>>,
+}
+
+impl FreeCounts {
+    fn add(&mut self, at_s: f64, totals: &[(u64, u64)]) {
+        self.times.push(at_s);
+        for &(t, n) in totals {
+            self.counts.entry(t).or_default().push((at_s, n));
+        }
+    }
+
+    /// Whether the type's whole count has stayed flat over the recent half of the
+    /// censuses (at least 3 of them): `None` when the free signals cannot tell.
+    fn flat(&self, type_ptr: u64) -> Option<bool> {
+        let h = self.counts.get(&type_ptr)?;
+        let first = self
+            .times
+            .len()
+            .saturating_sub(self.times.len().div_ceil(2).max(3));
+        let recent: Vec<&(f64, u64)> = h.iter().filter(|(t, _)| *t >= self.times[first]).collect();
+        if self.times.len() < 4 || recent.len() < 3 {
+            return None;
+        }
+        let xs: Vec<f64> = recent.iter().map(|(t, _)| *t).collect();
+        let ys: Vec<u64> = recent.iter().map(|(_, n)| *n).collect();
+        let (lo, hi) = (ys[0], *ys.last().unwrap());
+        let gained = hi.saturating_sub(lo);
+        let grows =
+            aggregate::slope(&xs, &ys) > 0.0 && gained >= aggregate::MIN_NET_GROWTH.max(lo / 100);
+        Some(!grows)
+    }
 }
 
 /// Under a budget, a census walk is followed by a pause this many times its length (it
@@ -293,10 +335,11 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
         match cfg.budget {
             Budget::Exact => "--exact: probes attached all the time".to_string(),
             Budget::Overhead(b) => format!(
-                "overhead budget {:.0}% (trap {:.2} µs, {:.1} µs single-stepped): measuring what tracing costs",
+                "overhead budget {:.0}% (a hit costs {:.2} µs, {:.1} µs single-stepped; a detach stalls a busy target {:.0} ms): measuring what tracing costs",
                 b * 100.0,
                 trap.emulated_ns / 1e3,
-                trap.stepped_ns / 1e3
+                trap.stepped_ns / 1e3,
+                trap.detach_ns / 1e6
             ),
         }
     );
@@ -313,12 +356,13 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
     // the probes cannot see; under a budget, pymalloc's size classes show what grows on
     // any build. Both walk on their own thread, paced.
     let gc_rows = plan.coverage == Coverage::Partial && cfg.census_rows;
-    let want_allocator = gc_rows || (cfg.budget != Budget::Exact && cfg.census_rows);
-    let census = if gc_rows || want_allocator {
-        let heap = if gc_rows {
-            Heap::of(&process, &interp).map(Some)
-        } else {
-            Ok(None)
+    let free_signals = cfg.budget != Budget::Exact && cfg.census_rows;
+    let census = if gc_rows || free_signals {
+        let heap = match Heap::of(&process, &interp) {
+            Ok(h) => Ok(Some(h)),
+            Err(e) if gc_rows => Err(e),
+            // Under a budget on a complete build the GC lists are a check, not rows.
+            Err(_) => Ok(None),
         };
         let allocator = Allocator::of(&process, &interp).map_err(|e| format!("{e:#}"));
         match heap.and_then(|heap| {
@@ -368,8 +412,10 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
             observed: None,
             follow: FollowStats::default(),
             walk_types: None,
+            busy: 1.0,
         },
         stacks: stack_config.is_some(),
+        free: FreeCounts::default(),
     };
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -481,6 +527,8 @@ struct Sampler {
     follow: FollowStats,
     /// Types whose births the current window walks (`None`: all).
     walk_types: Option<usize>,
+    /// How likely the target hits a probe during a detach (0–1), from the last span.
+    busy: f64,
 }
 
 struct Observation {
@@ -503,6 +551,8 @@ struct Session<'a> {
     sampler: Sampler,
     /// Births walk Python stacks.
     stacks: bool,
+    /// Free signals' counts of every type over time (the check on sampled growth).
+    free: FreeCounts,
 }
 
 impl Session<'_> {
@@ -515,25 +565,35 @@ impl Session<'_> {
     }
 
     /// What the probes cost since the last booking (hits × trap + run time), booked with
-    /// the controller; returns the mode it decided.
+    /// the controller; returns the mode it decided. Also notes how busy the probes were
+    /// (what a detach will cost, see `close_window`).
     fn book(&mut self, tracer: &Tracer, now: Instant) -> Mode {
         let s = &mut self.sampler;
         let hits = tracer.hits(self.plan.probes.len());
+        let attached_s = s
+            .attached_at
+            .map_or(0.0, |a| now.duration_since(a.max(s.booked)).as_secs_f64());
         let mut extra_ns = 0.0;
+        // How sure it is that the target hits a probe while the kernel detaches it: a
+        // probe hit every few ms is hit during a detach of tens of ms.
+        let mut busy: f64 = 0.0;
         for (i, p) in self.plan.probes.iter().enumerate() {
             let dh = hits[i].saturating_sub(s.hits[i]);
             extra_ns += dh as f64 * s.trap.of(p.point.emulated);
+            if attached_s > 0.0 {
+                busy = busy.max((dh as f64 / attached_s * s.trap.detach_ns / 1e9).min(1.0));
+            }
+        }
+        if attached_s > 0.0 {
+            s.busy = busy;
         }
         let run_ns = tracer.run_time_ns();
         extra_ns += run_ns.saturating_sub(s.run_ns) as f64;
         s.hits = hits;
         s.run_ns = run_ns;
         let wall = now.duration_since(s.booked).as_secs_f64();
-        let attached = s
-            .attached_at
-            .map_or(0.0, |a| now.duration_since(a.max(s.booked)).as_secs_f64());
         s.booked = now;
-        s.ctl.book(wall, attached, extra_ns / 1e9)
+        s.ctl.book(wall, attached_s, extra_ns / 1e9)
     }
 
     /// The phase's time is up: measure, open or close a window, or check exact mode.
@@ -628,6 +688,10 @@ impl Session<'_> {
     /// Detach, take what is queued, check every followed object, observe.
     fn close_window(&mut self, tracer: &mut Tracer, pipeline: &mut Pipeline) {
         tracer.detach_probes();
+        // A target that keeps hitting the probes stalls while the kernel detaches them
+        // (detaches run side by side: the kernel waits once for all of them).
+        let s = &mut self.sampler;
+        s.ctl.charge(s.busy * s.trap.detach_ns / 1e9);
         self.sampler.attached_at = None;
         self.sampler.ctl.window_closed();
         let until = Instant::now() + CLOSE_DRAIN;
@@ -717,7 +781,7 @@ impl Session<'_> {
             agg,
             unknown_events,
         } = pipeline;
-        let (mut types, site_rows) = match (&self.sampler.observed, sampled) {
+        let (types, site_rows) = match (&self.sampler.observed, sampled) {
             (Some(obs), true) => {
                 let mut young_types: hashbrown::HashMap<u64, u64> = hashbrown::HashMap::new();
                 for (&(t, _), &n) in &obs.young {
@@ -758,6 +822,8 @@ impl Session<'_> {
             }),
         };
         let (mut census_ms, mut census_error) = (None, None);
+        let mut types = types;
+        let mut site_rows = site_rows;
         let (mut allocator_classes, mut allocator_error) = (vec![], None);
         match &mut self.census {
             CensusRows::Off => {}
@@ -774,6 +840,7 @@ impl Session<'_> {
                 next_request,
             } => {
                 if let Some(sample) = worker.take() {
+                    self.free.add(sample.at_s, &sample.totals);
                     let counts = sample
                         .unseen
                         .iter()
@@ -812,6 +879,18 @@ impl Session<'_> {
                 allocator_error = alloc_err.clone();
                 census_ms = *walk_ms;
             }
+        }
+        if sampled {
+            // Free signals first: a type whose whole count (GC lists, pymalloc's pools) has
+            // stayed flat is not leaking, whatever the sampled survivors of a burst suggest.
+            for r in types.iter_mut().chain(site_rows.iter_mut()) {
+                if r.growing && !r.census && self.free.flat(r.type_ptr) == Some(true) {
+                    r.growing = false;
+                    r.free_count_flat = true;
+                }
+            }
+            aggregate::sort_rows(&mut types);
+            aggregate::sort_rows(&mut site_rows);
         }
         resolver.revalidate();
         let empty = Sites::default();
@@ -898,6 +977,7 @@ impl Session<'_> {
             } else {
                 None
             },
+            calibration: self.sampler.trap,
             types,
             census_ms,
             census_error,
@@ -1012,6 +1092,29 @@ mod tests {
         p.feed(&events, &mut |_| None);
         assert_eq!(p.agg.live_objects(), 6);
         assert_eq!((p.unknown_events, p.resolver.failed_reads), (0, 0));
+    }
+
+    #[test]
+    fn free_counts_call_a_plateau_flat_and_a_leak_not() {
+        const CACHE: u64 = 1;
+        const LEAK: u64 = 2;
+        let mut f = FreeCounts::default();
+        assert_eq!(f.flat(CACHE), None);
+        // A cache filled in the first seconds, then flat; a leak at 100/s.
+        for i in 0..10u64 {
+            let t = i as f64 * 5.0;
+            f.add(
+                t,
+                &[
+                    (CACHE, if i == 0 { 0 } else { 5000 + i % 2 }),
+                    (LEAK, 500 * i),
+                ],
+            );
+        }
+        assert_eq!(f.flat(CACHE), Some(true));
+        assert_eq!(f.flat(LEAK), Some(false));
+        // A type the free signals never counted: they cannot tell.
+        assert_eq!(f.flat(3), None);
     }
 
     #[test]

@@ -371,7 +371,13 @@ fn pyenv_311_text_report_says_sampled_and_the_budget() {
         .next()
         .filter(|r| r.contains("final report (duration)"))
         .unwrap_or_else(|| panic!("no final report: {}", run.stdout));
-    for words in ["sampled · traced ", "estimated overhead ", "(budget 10%)"] {
+    for words in [
+        "  sampled (",
+        " windows) · traced ",
+        "estimated overhead ",
+        "(budget 10%)",
+        "≈ RATE/s",
+    ] {
         assert!(
             final_report.contains(words),
             "{words:?} not in the final report:\n{final_report}"
