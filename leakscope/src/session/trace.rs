@@ -229,6 +229,14 @@ impl FreeCounts {
         }
     }
 
+    /// Types whose whole count grows over the recent half of the censuses.
+    fn growing(&self) -> impl Iterator<Item = u64> + '_ {
+        self.counts
+            .keys()
+            .copied()
+            .filter(|&t| self.flat(t) == Some(false))
+    }
+
     /// Whether the type's whole count has stayed flat over the recent half of the
     /// censuses (at least 3 of them): `None` when the free signals cannot tell.
     fn flat(&self, type_ptr: u64) -> Option<bool> {
@@ -651,8 +659,9 @@ impl Session<'_> {
 
     /// Spends the stack walks (the dearer half of a birth's cost) on the types that matter:
     /// in sampled mode, after the first windows, only births of types with followed
-    /// survivors older than a window are walked, except in every `DISCOVERY_EVERY`th
-    /// window, which walks all (so a new leak of another type is found and gets stacks).
+    /// survivors older than a window, or whose whole count the free signals see growing,
+    /// are walked, except in every `DISCOVERY_EVERY`th window, which walks all (so a new
+    /// leak of another type is found and gets stacks).
     fn choose_walks(&mut self, tracer: &mut Tracer, phase: Phase) {
         if !self.stacks {
             return;
@@ -666,15 +675,16 @@ impl Session<'_> {
                 for (&(t, _), &n) in &obs.young {
                     *young.entry(t).or_insert(0) += n;
                 }
-                Some(
-                    obs.types
-                        .iter()
-                        .filter(|r| {
-                            r.growing || r.live > young.get(&r.type_ptr).copied().unwrap_or(0)
-                        })
-                        .map(|r| r.type_ptr)
-                        .collect(),
-                )
+                // ... and types the free signals count growing (born before attach, say).
+                let mut types: Vec<u64> = obs
+                    .types
+                    .iter()
+                    .filter(|r| r.growing || r.live > young.get(&r.type_ptr).copied().unwrap_or(0))
+                    .map(|r| r.type_ptr)
+                    .collect();
+                let more: Vec<u64> = self.free.growing().filter(|t| !types.contains(t)).collect();
+                types.extend(more);
+                Some(types)
             }
             _ => None,
         };
@@ -1113,6 +1123,7 @@ mod tests {
         }
         assert_eq!(f.flat(CACHE), Some(true));
         assert_eq!(f.flat(LEAK), Some(false));
+        assert_eq!(f.growing().collect::<Vec<_>>(), [LEAK]);
         // A type the free signals never counted: they cannot tell.
         assert_eq!(f.flat(3), None);
     }
