@@ -477,7 +477,11 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
                 }
             }
         };
-        session.finish(&mut tracer, &mut pipeline);
+        session.finish(
+            &mut tracer,
+            &mut pipeline,
+            reason != EndReason::TargetExited,
+        );
         session.emit(&tracer, &mut pipeline, Some(reason))?;
         anyhow::Ok(())
     })?;
@@ -753,8 +757,14 @@ impl Session<'_> {
 
     /// The trace ends: take what is queued (bounded), and in sampled mode close the last
     /// window (or check the followed objects once more).
-    fn finish(&mut self, tracer: &mut Tracer, pipeline: &mut Pipeline) {
+    /// A target that exited has no memory to check: its last observation stands.
+    fn finish(&mut self, tracer: &mut Tracer, pipeline: &mut Pipeline, target_alive: bool) {
         let now = Instant::now();
+        if !target_alive && self.sampled() {
+            self.book(tracer, now);
+            tracer.detach_probes();
+            return;
+        }
         match self.sampler.phase {
             Phase::Measuring | Phase::Exact => {
                 self.book(tracer, now);

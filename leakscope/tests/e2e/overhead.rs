@@ -384,3 +384,38 @@ fn pyenv_311_text_report_says_sampled_and_the_budget() {
         );
     }
 }
+
+/// A sampled target that dies mid-trace: the final report ("target exited") keeps what the
+/// last window's close found (the followed objects cannot be read any more, and are not
+/// taken for dead).
+#[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
+fn pyenv_311_sampled_target_that_exits_keeps_its_leak() {
+    require_root();
+    let target = crate::support::python(&pyenv("3.11.7"), "overhead_churn.py", &[]);
+    let pid = target.pid;
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(25));
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    let p = pid.to_string();
+    let run = leakscope(
+        &[
+            "trace",
+            "--pid",
+            &p,
+            "--json",
+            "--interval",
+            "5",
+            "--duration",
+            "60",
+        ],
+        Duration::from_secs(120),
+    );
+    killer.join().unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let report = run.last();
+    assert_eq!(report["reason"], "target exited", "{report:#}");
+    assert_eq!(report["mode"], "sampled", "{report:#}");
+    the_leak_site(&report, "overhead_churn.py");
+}
