@@ -1,6 +1,8 @@
-//! The commands: `trace` (probes, events, reports) and `census` (GC-list snapshots). Each
-//! ties the layers together for one run; what they compute lives in the layers.
+//! The commands: `trace` (probes, events, reports) and `census` (GC-list and allocator
+//! snapshots). Each ties the layers together for one run; what they compute lives in the
+//! layers. `free`: the free signals a trace walks on its own thread.
 pub mod census;
+pub mod free;
 pub mod trace;
 
 /// What `trace` says when it lacks privileges (also used to explain kernel EPERMs).
