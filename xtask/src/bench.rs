@@ -1,358 +1,973 @@
-//! `cargo xtask bench`: the tracer's cost on a fixed allocation-heavy workload
-//! (`tests/python/bench_workload.py`), untraced and traced, interleaved in one run so the
-//! ratios compare like with like on a noisy machine. Prints medians, the slowdown ratio,
-//! the events the probes saw and what each cost the target. Needs root and a built CLI.
+//! `cargo xtask bench`: what tracing costs a Python program, leakscope beside its peers, in
+//! one run.
+//!
+//! Five workloads (`tests/python/bench/*.py`) run under every mode: untraced; `leakscope
+//! trace` in its default mode, with `--exact`, with `--exact --no-stacks`; censuses back to
+//! back; `memray attach` (a capture file, `--aggregate`, `--trace-python-allocators`); and
+//! `python -X tracemalloc=1`. Rounds are interleaved (every workload under every mode, then
+//! the next round), so a noisy machine hits every mode alike; each cell is the median of the
+//! rounds, as a slowdown: traced work time ÷ untraced work time. Each workload times its own
+//! work inside the process, after a `ready`/`go` handshake, so attaching is not timed.
+//! Then, per interpreter: how long the default mode takes to name a paced leak added to the
+//! workload it slowed down most.
+//!
+//! The peers are installed here, idempotently: a venv per interpreter under `target/` with
+//! memray (which injects itself with gdb: `scripts/setup` installs it). Every mode runs the
+//! venv's python, so all modes of a table use the same interpreter. Needs root.
 use anyhow::{Context, Result, bail};
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-struct Interp {
+/// The memray the bench installs (pinned, so runs compare).
+const MEMRAY: &str = "memray==1.20.0";
+/// How long the time-to-name run waits for the report that names the leak.
+const NAME_WITHIN: Duration = Duration::from_secs(120);
+/// How long a workload may take to print its time (the slowest mode on the heaviest one).
+const WORK_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a tracer may take to attach (memray's gdb injection takes a second or two).
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Workload {
+    key: &'static str,
     label: &'static str,
-    python: String,
+    script: &'static str,
+    /// Sized so the untraced run takes about 1–2 s on pyenv 3.11.7 on the bench machine.
+    n: u32,
+    quick_n: u32,
 }
 
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let quick = args.iter().any(|a| a == "--quick");
-    let (iterations, rounds) = if quick { (50_000, 1) } else { (200_000, 3) };
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let pyenv = std::env::var("PYENV_ROOT").unwrap_or_else(|_| format!("{home}/.pyenv"));
-    let interps = [
-        Interp {
-            label: "pyenv 3.11.7 (shared, sees all objects)",
-            python: format!("{pyenv}/versions/3.11.7/bin/python3.11"),
-        },
-        Interp {
-            label: "Debian 3.11 (static LTO, classes+ext)",
-            python: "/usr/bin/python3.11".into(),
-        },
-    ];
-    let workload = root.join("tests/python/bench_workload.py");
-    let leakscope = root.join("target/release/leakscope");
-    println!(
-        "workload: {iterations} iterations, each a dict, str, tuple, float and two class instances; \
-         medians of {rounds} interleaved rounds"
-    );
-    println!(
-        "{:<40} {:>9} | {:>15} | {:>15} | {:>15} | {:>10} {:>13}",
-        "interpreter",
-        "untraced",
-        "types only",
-        "types+stacks",
-        "at entries",
-        "probe hits",
-        "stack walk"
-    );
-    for interp in &interps {
-        if !Path::new(&interp.python).exists() {
-            bail!("{} not found", interp.python);
+const WORKLOADS: [Workload; 5] = [
+    Workload {
+        key: "json",
+        label: "JSON round trips",
+        script: "json_roundtrip.py",
+        n: 90,
+        quick_n: 10,
+    },
+    Workload {
+        key: "orm",
+        label: "ORM-like object graph",
+        script: "orm_graph.py",
+        n: 120,
+        quick_n: 15,
+    },
+    Workload {
+        key: "regex",
+        label: "regex tokens → Counter",
+        script: "regex_tokens.py",
+        n: 200,
+        quick_n: 25,
+    },
+    Workload {
+        key: "async",
+        label: "asyncio server, 32 clients",
+        script: "async_server.py",
+        n: 800,
+        quick_n: 100,
+    },
+    Workload {
+        key: "micro",
+        label: "micro loop (allocation only)",
+        script: "micro.py",
+        n: 3_000_000,
+        quick_n: 300_000,
+    },
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Untraced,
+    Trace,
+    Exact,
+    ExactNoStacks,
+    Census,
+    Memray,
+    MemrayAggregate,
+    MemrayPyAlloc,
+    Tracemalloc,
+}
+
+const MODES: [Mode; 9] = [
+    Mode::Untraced,
+    Mode::Trace,
+    Mode::Exact,
+    Mode::ExactNoStacks,
+    Mode::Census,
+    Mode::Memray,
+    Mode::MemrayAggregate,
+    Mode::MemrayPyAlloc,
+    Mode::Tracemalloc,
+];
+
+impl Mode {
+    fn key(self) -> &'static str {
+        match self {
+            Mode::Untraced => "untraced",
+            Mode::Trace => "trace",
+            Mode::Exact => "exact",
+            Mode::ExactNoStacks => "exact-no-stacks",
+            Mode::Census => "census",
+            Mode::Memray => "memray",
+            Mode::MemrayAggregate => "memray-aggregate",
+            Mode::MemrayPyAlloc => "memray-pyalloc",
+            Mode::Tracemalloc => "tracemalloc",
         }
-        let mut times: [Vec<f64>; 4] = Default::default();
-        let mut last = Traced::default();
-        for _ in 0..rounds {
-            for (i, mode) in [
-                None,
-                Some(&["--no-stacks"][..]),
-                Some(&[][..]),
-                Some(&["--entry-probes"][..]),
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                let r = run_workload(
-                    &interp.python,
-                    &workload,
-                    iterations,
-                    mode.map(|m| (leakscope.as_path(), m)),
-                )?;
-                times[i].push(r.secs);
-                if i == 2 {
-                    last = r;
+    }
+
+    fn header(self) -> &'static str {
+        match self {
+            Mode::Untraced => "untraced",
+            Mode::Trace => "trace",
+            Mode::Exact => "trace --exact",
+            Mode::ExactNoStacks => "--exact --no-stacks",
+            Mode::Census => "census loop",
+            Mode::Memray => "memray",
+            Mode::MemrayAggregate => "memray --aggregate",
+            Mode::MemrayPyAlloc => "memray --trace-python-allocators",
+            Mode::Tracemalloc => "tracemalloc",
+        }
+    }
+
+    fn leakscope_flags(self) -> Option<&'static [&'static str]> {
+        match self {
+            Mode::Trace => Some(&[]),
+            Mode::Exact => Some(&["--exact"]),
+            Mode::ExactNoStacks => Some(&["--exact", "--no-stacks"]),
+            _ => None,
+        }
+    }
+
+    fn memray_flags(self) -> Option<&'static [&'static str]> {
+        match self {
+            Mode::Memray => Some(&[]),
+            Mode::MemrayAggregate => Some(&["--aggregate"]),
+            Mode::MemrayPyAlloc => Some(&["--trace-python-allocators"]),
+            _ => None,
+        }
+    }
+}
+
+struct Opts {
+    quick: bool,
+    rounds: usize,
+    leakscope: PathBuf,
+    workloads: Vec<&'static Workload>,
+    modes: Vec<Mode>,
+    interps: Vec<&'static str>,
+    name: bool,
+}
+
+const USAGE: &str = "usage: cargo xtask bench [--quick] [--rounds N] [--leakscope PATH] \
+[--workloads json,orm,regex,async,micro] [--modes untraced,trace,exact,exact-no-stacks,census,\
+memray,memray-aggregate,memray-pyalloc,tracemalloc] [--interpreters pyenv,debian] [--no-name]";
+
+impl Opts {
+    fn parse(root: &Path, args: &[String]) -> Result<Opts> {
+        let mut o = Opts {
+            quick: false,
+            rounds: 3,
+            leakscope: root.join("target/release/leakscope"),
+            workloads: WORKLOADS.iter().collect(),
+            modes: MODES.to_vec(),
+            interps: vec!["pyenv", "debian"],
+            name: true,
+        };
+        let mut rounds = None;
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = || {
+                it.next()
+                    .with_context(|| format!("{a} needs a value; {USAGE}"))
+            };
+            match a.as_str() {
+                "--quick" => o.quick = true,
+                "--no-name" => o.name = false,
+                "--rounds" => rounds = Some(value()?.parse().context("--rounds")?),
+                "--leakscope" => o.leakscope = PathBuf::from(value()?),
+                "--workloads" => {
+                    o.workloads = list(value()?, &WORKLOADS, |w| w.key)?;
+                }
+                "--modes" => {
+                    o.modes = list(value()?, &MODES, |m| m.key())?
+                        .into_iter()
+                        .copied()
+                        .collect();
+                    if !o.modes.contains(&Mode::Untraced) {
+                        o.modes.insert(0, Mode::Untraced);
+                    }
+                }
+                "--interpreters" => {
+                    o.interps = list(value()?, &["pyenv", "debian"], |k| k)?
+                        .into_iter()
+                        .copied()
+                        .collect();
+                }
+                _ => bail!("unknown option {a:?}; {USAGE}"),
+            }
+        }
+        o.rounds = rounds.unwrap_or(if o.quick { 1 } else { 3 });
+        if o.rounds == 0 {
+            bail!("--rounds must be at least 1");
+        }
+        Ok(o)
+    }
+}
+
+/// The items of `all` named in a comma-separated list, in `all`'s order.
+fn list<'a, T>(value: &str, all: &'a [T], key: impl Fn(&T) -> &str) -> Result<Vec<&'a T>> {
+    let names: Vec<&str> = value.split(',').map(str::trim).collect();
+    for n in &names {
+        if !all.iter().any(|x| key(x) == *n) {
+            let known: Vec<&str> = all.iter().map(&key).collect();
+            bail!("unknown name {n:?} (known: {})", known.join(", "));
+        }
+    }
+    Ok(all.iter().filter(|x| names.contains(&key(x))).collect())
+}
+
+/// One interpreter with its venv: the python every mode runs, and memray if it could be
+/// installed (else why not).
+struct Env {
+    label: String,
+    python: PathBuf,
+    memray: std::result::Result<PathBuf, String>,
+}
+
+/// The venv of `base` at `venv`, created and given memray if it is not there yet.
+fn ensure_env(label: &str, base: &Path, venv: &Path) -> Result<Env> {
+    if !base.exists() {
+        bail!("{label}: {} not found", base.display());
+    }
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        eprintln!("bench: creating {} ({})", venv.display(), base.display());
+        let out = Command::new(base)
+            .args(["-m", "venv"])
+            .arg(venv)
+            .output()
+            .with_context(|| format!("running {} -m venv", base.display()))?;
+        if !out.status.success() {
+            let why = last_line(&out.stderr);
+            let _ = std::fs::remove_dir_all(venv);
+            // Without a venv every mode but memray still runs, on the interpreter itself.
+            return Ok(Env {
+                label: label.into(),
+                python: base.into(),
+                memray: Err(format!(
+                    "no venv of {} ({why}; scripts/setup installs python3.11-venv)",
+                    base.display()
+                )),
+            });
+        }
+    }
+    let memray = venv.join("bin/memray");
+    let has = |m: &Path| {
+        m.exists()
+            && Command::new(&python)
+                .args([
+                    "-c",
+                    &format!(
+                        "import memray; assert memray.__version__ == {:?}",
+                        &MEMRAY[8..]
+                    ),
+                ])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+    };
+    let memray = if has(&memray) {
+        Ok(memray)
+    } else {
+        eprintln!("bench: pip install {MEMRAY} into {}", venv.display());
+        let out = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                MEMRAY,
+            ])
+            .output()
+            .context("running pip")?;
+        if out.status.success() && has(&memray) {
+            Ok(memray)
+        } else {
+            Err(format!(
+                "pip install {MEMRAY} failed: {}",
+                last_line(&out.stderr)
+            ))
+        }
+    };
+    let memray = memray.and_then(|m| {
+        if which("gdb") {
+            Ok(m)
+        } else {
+            Err("memray attach needs gdb (scripts/setup installs it)".into())
+        }
+    });
+    Ok(Env {
+        label: label.into(),
+        python,
+        memray,
+    })
+}
+
+fn which(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
+fn last_line(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no output")
+        .trim()
+        .to_string()
+}
+
+/// The leakscope under test and what it supports.
+struct Leakscope {
+    bin: PathBuf,
+    has_exact: bool,
+    /// `census --interval` for back-to-back snapshots: "0" where the CLI takes it, else a
+    /// millisecond (found out at the first census run).
+    census_interval: Cell<&'static str>,
+}
+
+impl Leakscope {
+    fn probe(bin: &Path) -> Result<Leakscope> {
+        let out = Command::new(bin)
+            .args(["trace", "--help"])
+            .output()
+            .with_context(|| {
+                format!(
+                    "running {} (build it: cargo build --release)",
+                    bin.display()
+                )
+            })?;
+        if !out.status.success() {
+            bail!(
+                "{} trace --help failed: {}",
+                bin.display(),
+                last_line(&out.stderr)
+            );
+        }
+        Ok(Leakscope {
+            bin: bin.into(),
+            has_exact: String::from_utf8_lossy(&out.stdout).contains("--exact"),
+            census_interval: Cell::new("0"),
+        })
+    }
+}
+
+/// The pids of the running children, for `on_signal`: Ctrl-C or SIGTERM kills them too
+/// (a child stopped by gdb, or a tracer in its own loop, would not die of the terminal's
+/// SIGINT alone). Slots are 0 when free.
+static CHILDREN: [AtomicI32; 64] = [const { AtomicI32::new(0) }; 64];
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    // Async-signal-safe only: atomics, kill(2), _exit(2).
+    for slot in &CHILDREN {
+        let pid = slot.load(Ordering::SeqCst);
+        if pid > 0 {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    unsafe { libc::_exit(128 + sig) };
+}
+
+fn kill_children_on_signals() {
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+}
+
+fn register(pid: u32) {
+    for slot in &CHILDREN {
+        if slot
+            .compare_exchange(0, pid as i32, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+fn unregister(pid: u32) {
+    for slot in &CHILDREN {
+        let _ = slot.compare_exchange(pid as i32, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
+/// A child process, killed and reaped when dropped (every exit path, errors and panics
+/// included), with its stdout and stderr read by threads: lines come through a channel (so
+/// every wait has a timeout) and the last few are kept for error messages.
+struct Proc {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Option<Receiver<String>>,
+    stderr: Option<Receiver<String>>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdin, stdout and stderr piped (stdout and stderr unless already set).
+    fn spawn(name: impl Into<String>, cmd: &mut Command, stdout: bool) -> Result<Proc> {
+        let name = name.into();
+        cmd.stdin(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdout(if stdout {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("{name}: cannot start {:?}", cmd.get_program()))?;
+        register(child.id());
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let stdout = child.stdout.take().map(|s| reader(s, tail.clone()));
+        let stderr = child.stderr.take().map(|s| reader(s, tail.clone()));
+        Ok(Proc {
+            name,
+            stdin: child.stdin.take(),
+            child,
+            stdout,
+            stderr,
+            tail,
+        })
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn send(&mut self, line: &str) -> Result<()> {
+        let stdin = self.stdin.as_mut().context("stdin closed")?;
+        writeln!(stdin, "{line}")
+            .and_then(|_| stdin.flush())
+            .map_err(|e| self.fail(&format!("cannot write to it ({e})")))
+    }
+
+    /// The next stdout line, within `timeout`.
+    fn line(&mut self, timeout: Duration, waiting_for: &str) -> Result<String> {
+        let rx = self.stdout.as_ref().context("stdout not piped")?;
+        match rx.recv_timeout(timeout) {
+            Ok(l) => Ok(l),
+            Err(RecvTimeoutError::Timeout) => {
+                Err(self.fail(&format!("no {waiting_for} within {} s", timeout.as_secs())))
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(self.fail(&format!("closed its output before {waiting_for}")))
+            }
+        }
+    }
+
+    /// Waits, within `timeout`, for a stderr line containing `needle`.
+    fn stderr_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let rx = self.stderr.as_ref().context("stderr not piped")?;
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(l) if l.contains(needle) => return Ok(l),
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(self.fail(&format!("no {needle:?} within {} s", timeout.as_secs())));
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(self.fail(&format!("exited before saying {needle:?}")));
                 }
             }
         }
-        let [p, t, st, e] = times.map(|mut v| median(&mut v));
-        let cell = |x: f64| format!("{x:>6.3}s {:>5.1}x", x / p);
-        println!(
-            "{:<40} {:>8.3}s | {} | {} | {} | {:>10} {:>6} ns/{:.1}f",
-            interp.label,
-            p,
-            cell(t),
-            cell(st),
-            cell(e),
-            last.hits,
-            last.walk_ns,
-            last.walk_frames
-        );
-        if last.hits > 0 {
-            println!(
-                "{:<40} µs per probe hit: {:.2} types only, {:.2} with stacks, {:.2} at entries; BPF {} ns/run",
-                "",
-                (t - p) * 1e6 / last.hits as f64,
-                (st - p) * 1e6 / last.hits as f64,
-                (e - p) * 1e6 / last.hits as f64,
-                last.bpf_ns
-            );
+    }
+
+    /// Waits for the process to exit, within `timeout`.
+    fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                return Err(self.fail(&format!("did not finish within {} s", timeout.as_secs())));
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
-    census(root, &interps[0].python, quick)?;
-    pipeline(root)?;
-    println!(
-        "types only: --no-stacks. types+stacks: the default. at entries: the default with every probe\n\
-         moved back to its function's first instruction, which the kernel must single-step when it\n\
-         is not a push/nop/relative branch. stack walk: BPF time per walk / frames per walk.\n\
-         µs per probe hit: extra wall time of the traced run per hit (uprobe trap + BPF program)."
-    );
-    Ok(())
-}
 
-/// User space alone (`leakscope/examples/pipeline.rs`): events per second that the trace
-/// pipeline sustains on one core, and leakscope's peak RSS with 1M live tracked objects.
-fn pipeline(root: &Path) -> Result<()> {
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(root)
-        .args([
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "leakscope",
-            "--example",
-            "pipeline",
-        ])
-        .args(["--", "10000000", "1000000"])
-        .output()
-        .context("running the pipeline example")?;
-    if !out.status.success() {
-        bail!(
-            "pipeline example failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    /// Fails if the process has exited (a tracer must outlive the work it is measured on).
+    fn still_running(&mut self) -> Result<()> {
+        match self.child.try_wait()? {
+            None => Ok(()),
+            Some(_) => Err(self.fail("exited during the work")),
+        }
     }
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-    println!(
-        "pipeline: synthetic events (3.11 layouts in fake memory) through type lookup, stack → site\n\
-         and the live set; goals: ≥ 1M events/s, ≤ 200 MB with 1M live objects."
-    );
-    Ok(())
+
+    /// A one-line error: who, what, the exit status if it exited, its last output line.
+    fn fail(&mut self, what: &str) -> anyhow::Error {
+        // Give the reader threads a moment to collect what a dying process printed last.
+        std::thread::sleep(Duration::from_millis(50));
+        let status = match self.child.try_wait() {
+            Ok(Some(s)) => format!(" ({s})"),
+            _ => String::new(),
+        };
+        let tail = self.tail.lock().unwrap();
+        let last = tail
+            .iter()
+            .rev()
+            .find(|l| !l.trim().is_empty() && l.trim() != "ready")
+            .map(|l| format!(": {}", l.trim()))
+            .unwrap_or_default();
+        anyhow::anyhow!("{}: {what}{status}{last}", self.name)
+    }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        unregister(self.child.id());
+    }
 }
 
-#[derive(Default)]
-struct Traced {
-    secs: f64,
-    hits: u64,
-    bpf_ns: u64,
-    walk_ns: u64,
-    walk_frames: f64,
+fn reader(
+    stream: impl Read + Send + 'static,
+    tail: Arc<Mutex<VecDeque<String>>>,
+) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            {
+                let mut t = tail.lock().unwrap();
+                if t.len() == 8 {
+                    t.pop_front();
+                }
+                t.push_back(line.chars().take(300).collect());
+            }
+            // The receiver may be gone (nobody reads this stream any more): keep draining,
+            // so the child never blocks on a full pipe.
+            let _ = tx.send(line);
+        }
+    });
+    rx
 }
 
-/// Runs the workload once; with a tracer (and these extra flags) attached first when
-/// `leakscope` is given.
-fn run_workload(
-    python: &str,
-    workload: &Path,
-    n: u32,
-    leakscope: Option<(&Path, &[&str])>,
-) -> Result<Traced> {
-    let mut child = Command::new(python)
-        .arg(workload)
-        .arg(n.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the workload")?;
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line)?;
-    let mut tracer = None;
-    if let Some((bin, flags)) = leakscope {
-        let mut t = Command::new(bin)
-            .args([
-                "trace",
-                "--pid",
-                &child.id().to_string(),
-                "--json",
-                "--stats",
-                "--interval",
-                "3600",
-            ])
-            .args(flags)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting leakscope")?;
-        let mut err = BufReader::new(t.stderr.take().unwrap());
-        let mut l = String::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !l.contains("attached") {
-            l.clear();
-            if err.read_line(&mut l)? == 0 || Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("leakscope did not attach: {l}");
+struct Ctx<'a> {
+    root: &'a Path,
+    opts: &'a Opts,
+    leakscope: &'a Leakscope,
+    tmp: PathBuf,
+}
+
+impl Ctx<'_> {
+    fn script(&self, w: &Workload) -> PathBuf {
+        self.root.join("tests/python/bench").join(w.script)
+    }
+
+    fn n(&self, w: &Workload) -> u32 {
+        if self.opts.quick { w.quick_n } else { w.n }
+    }
+
+    /// Starts a workload and waits for its `ready`.
+    fn start(&self, env: &Env, w: &Workload, mode: Mode, extra: &[&str]) -> Result<Proc> {
+        let mut cmd = Command::new(&env.python);
+        if mode == Mode::Tracemalloc {
+            cmd.args(["-X", "tracemalloc=1"]);
+        }
+        cmd.arg(self.script(w))
+            .arg(self.n(w).to_string())
+            .args(extra);
+        let mut p = Proc::spawn(
+            format!("workload {} ({})", w.key, mode.key()),
+            &mut cmd,
+            true,
+        )?;
+        let l = p.line(Duration::from_secs(60), "\"ready\"")?;
+        if l.trim() != "ready" {
+            return Err(p.fail(&format!("printed {l:?} instead of \"ready\"")));
+        }
+        Ok(p)
+    }
+
+    /// `leakscope trace` attached to `pid`, once it says so.
+    fn trace(&self, pid: &str, flags: &[&str], json_interval: Option<&str>) -> Result<Proc> {
+        let mut cmd = Command::new(&self.leakscope.bin);
+        cmd.args(["trace", "--pid", pid, "--json", "--interval"])
+            .arg(json_interval.unwrap_or("3600"))
+            .args(flags);
+        let name = format!("leakscope trace {}", flags.join(" "));
+        let mut p = Proc::spawn(name.trim_end(), &mut cmd, json_interval.is_some())?;
+        p.stderr_line("leakscope: attached", ATTACH_TIMEOUT)?;
+        Ok(p)
+    }
+
+    /// `leakscope census` back to back on `pid`, once its first snapshot is out.
+    fn census(&self, pid: &str) -> Result<Proc> {
+        loop {
+            let interval = self.leakscope.census_interval.get();
+            let mut cmd = Command::new(&self.leakscope.bin);
+            cmd.args(["census", "--pid", pid, "--json", "--interval", interval]);
+            let mut p = Proc::spawn(
+                format!("leakscope census --interval {interval}"),
+                &mut cmd,
+                true,
+            )?;
+            match p.line(ATTACH_TIMEOUT, "first snapshot") {
+                Ok(_) => return Ok(p),
+                // A CLI that refuses `--interval 0` (a usage error exits 2): a millisecond is
+                // back to back too.
+                Err(_)
+                    if interval == "0"
+                        && p.wait(Duration::from_secs(5)).ok().and_then(|s| s.code())
+                            == Some(2) =>
+                {
+                    self.leakscope.census_interval.set("0.001");
+                }
+                Err(e) => return Err(e),
             }
         }
-        tracer = Some(t);
     }
-    child.stdin.take().unwrap().write_all(b"go\n")?;
-    line.clear();
-    out.read_line(&mut line)?;
-    let secs: f64 = line
-        .trim()
-        .parse()
-        .with_context(|| format!("workload printed {line:?}"))?;
-    child.wait()?;
-    let mut r = Traced {
-        secs,
-        ..Default::default()
-    };
-    if let Some(t) = tracer {
-        let output = t.wait_with_output()?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        let last: serde_json::Value =
-            serde_json::from_str(text.lines().last().context("no final report")?)?;
-        r.hits = last["probes"]
-            .as_array()
-            .map(|a| a.iter().map(|p| p["hits"].as_u64().unwrap_or(0)).sum())
-            .unwrap_or(0);
-        let (runs, ns) = last["programs"]
-            .as_array()
-            .map(|a| {
-                a.iter().fold((0u64, 0u64), |(r, n), p| {
-                    (
-                        r + p["runs"].as_u64().unwrap_or(0),
-                        n + p["run_time_ns"].as_u64().unwrap_or(0),
-                    )
+
+    /// `memray attach -o FILE` on `pid`; it returns once the tracker is active.
+    fn memray(&self, memray: &Path, pid: &str, flags: &[&str]) -> Result<PathBuf> {
+        let out = self.tmp.join(format!("memray-{pid}.bin"));
+        let mut cmd = Command::new(memray);
+        cmd.args(["attach", "--method", "gdb", "-f", "-o"])
+            .arg(&out)
+            .args(flags)
+            .arg(pid);
+        let mut p = Proc::spawn(
+            format!("memray attach {}", flags.join(" ")).trim_end(),
+            &mut cmd,
+            true,
+        )?;
+        let status = p.wait(ATTACH_TIMEOUT)?;
+        if !status.success() {
+            return Err(p.fail("failed"));
+        }
+        Ok(out)
+    }
+
+    /// One run of one workload under one mode: its work time in seconds.
+    fn measure(&self, env: &Env, w: &Workload, mode: Mode) -> Result<f64> {
+        let mut target = self.start(env, w, mode, &[])?;
+        let pid = target.pid();
+        let mut capture = None;
+        let mut tracer = None;
+        if let Some(flags) = mode.leakscope_flags() {
+            tracer = Some(self.trace(&pid, flags, None)?);
+        } else if mode == Mode::Census {
+            tracer = Some(self.census(&pid)?);
+        } else if let Some(flags) = mode.memray_flags() {
+            let memray = env.memray.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+            capture = Some(self.memray(memray, &pid, flags)?);
+        }
+        let result = (|| {
+            target.send("go")?;
+            let l = target.line(WORK_TIMEOUT, "work time")?;
+            let secs: f64 = l
+                .trim()
+                .parse()
+                .map_err(|_| target.fail(&format!("printed {l:?} instead of its work time")))?;
+            if let Some(t) = tracer.as_mut() {
+                t.still_running()?;
+            }
+            Ok(secs)
+        })();
+        drop(target);
+        drop(tracer);
+        if let Some(c) = capture {
+            let _ = std::fs::remove_file(c);
+        }
+        result
+    }
+
+    /// Seconds after attach until a default-mode report names the paced leak as a growing
+    /// site at its line, or why not.
+    fn time_to_name(&self, env: &Env, w: &Workload) -> Result<String> {
+        let harness = self.root.join("tests/python/bench/_harness.py");
+        let text = std::fs::read_to_string(&harness)?;
+        let line = text
+            .lines()
+            .position(|l| l.contains("# paced-leak line"))
+            .context("_harness.py has no `# paced-leak line`")? as i64
+            + 1;
+        let secs = NAME_WITHIN.as_secs() + 30;
+        let mut target = self.start(env, w, Mode::Trace, &["--paced-leak", &secs.to_string()])?;
+        let mut tracer = self.trace(&target.pid(), &[], Some("1"))?;
+        let attached = Instant::now();
+        target.send("go")?;
+        let deadline = attached + NAME_WITHIN;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(format!("not named in {} s", NAME_WITHIN.as_secs()));
+            }
+            let l = match tracer.line(left, "report") {
+                Ok(l) => l,
+                Err(_) if Instant::now() >= deadline => continue,
+                Err(e) => return Err(e),
+            };
+            let Ok(report) = serde_json::from_str::<serde_json::Value>(&l) else {
+                continue;
+            };
+            let named = report["sites"].as_array().is_some_and(|sites| {
+                sites.iter().any(|s| {
+                    s["growing"] == true
+                        && s["type"].as_str().is_some_and(|t| t.ends_with("PacedLeak"))
+                        && s["frames"][0]["line"].as_i64() == Some(line)
+                        && s["frames"][0]["file"]
+                            .as_str()
+                            .is_some_and(|f| f.ends_with("_harness.py"))
                 })
-            })
-            .unwrap_or((0, 0));
-        r.bpf_ns = ns.checked_div(runs).unwrap_or(0);
-        let w = &last["walk"];
-        let walks = w["walks"].as_u64().unwrap_or(0);
-        r.walk_ns = w["ns"]
-            .as_u64()
-            .unwrap_or(0)
-            .checked_div(walks)
-            .unwrap_or(0);
-        r.walk_frames = if walks > 0 {
-            w["frames"].as_u64().unwrap_or(0) as f64 / walks as f64
-        } else {
-            0.0
-        };
+            });
+            if named {
+                let at = report["elapsed_s"].as_f64().unwrap_or(0.0);
+                return Ok(format!(
+                    "named after {at:.1} s (PacedLeak at _harness.py:{line}, 100/s, in the {} workload)",
+                    w.key
+                ));
+            }
+        }
     }
-    Ok(r)
 }
 
-/// The census: how long a walk of 100k and 1M tracked objects takes (running, and with
-/// --pause: how long the target is stopped), and how much a census running back to back
-/// slows the target, beside an untouched run of the same loop.
-fn census(root: &Path, python: &str, quick: bool) -> Result<()> {
-    let script = root.join("tests/python/census_bench.py");
-    let leakscope = root.join("target/release/leakscope");
-    let sizes: &[u32] = if quick {
-        &[100_000]
-    } else {
-        &[100_000, 1_000_000]
-    };
-    println!();
-    println!(
-        "census ({python}): a target holding N tracked objects runs a fixed loop; medians of 3"
-    );
-    println!(
-        "{:>10} | {:>12} {:>14} | {:>10} {:>16} {:>9}",
-        "objects", "census", "paused census", "untouched", "during censuses", "slowdown"
-    );
-    for &n in sizes {
-        let (mut walk, mut paused, mut plain, mut busy) = (vec![], vec![], vec![], vec![]);
-        for _ in 0..3 {
-            // untouched
-            let (mut child, mut out) = start(python, &script, n)?;
-            child.stdin.take().unwrap().write_all(b"go\n")?;
-            plain.push(read_secs(&mut out)?);
-            child.wait()?;
-            // one running and one paused census of the idle target, then censuses back to
-            // back while the loop runs
-            let (mut child, mut out) = start(python, &script, n)?;
-            let pid = child.id().to_string();
-            walk.push(census_ms(&leakscope, &pid, false)?.0);
-            paused.push(census_ms(&leakscope, &pid, true)?.1);
-            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let looper = {
-                let (stop, leakscope, pid) = (stop.clone(), leakscope.clone(), pid.clone());
-                std::thread::spawn(move || {
-                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                        let _ = census_ms(&leakscope, &pid, false);
-                    }
-                })
-            };
-            std::thread::sleep(Duration::from_millis(200));
-            child.stdin.take().unwrap().write_all(b"go\n")?;
-            busy.push(read_secs(&mut out)?);
-            stop.store(true, std::sync::atomic::Ordering::SeqCst);
-            let _ = looper.join();
-            child.wait()?;
-        }
-        let (w, pz, p, b) = (
-            median(&mut walk),
-            median(&mut paused),
-            median(&mut plain),
-            median(&mut busy),
-        );
-        println!(
-            "{:>10} | {:>9.0} ms {:>11.0} ms | {:>9.3}s {:>15.3}s {:>8.2}x",
-            n,
-            w,
-            pz,
-            p,
-            b,
-            b / p
-        );
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    let opts = Opts::parse(root, args)?;
+    kill_children_on_signals();
+    let leakscope = Leakscope::probe(&opts.leakscope)?;
+    let tmp = root.join("target/bench-tmp");
+    std::fs::create_dir_all(&tmp)?;
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let pyenv = std::env::var("PYENV_ROOT").unwrap_or_else(|_| format!("{home}/.pyenv"));
+    let mut envs = vec![];
+    for key in &opts.interps {
+        envs.push(match *key {
+            "pyenv" => ensure_env(
+                "pyenv 3.11.7 (shared libpython)",
+                &PathBuf::from(format!("{pyenv}/versions/3.11.7/bin/python3.11")),
+                &root.join("target/bench-venv"),
+            )?,
+            _ => ensure_env(
+                "Debian /usr/bin/python3.11 (static, LTO)",
+                Path::new("/usr/bin/python3.11"),
+                &root.join("target/bench-venv-debian"),
+            )?,
+        });
     }
-    println!("census: one walk of the running target; paused census: how long --pause stopped it;");
-    println!("during censuses: the loop's time while censuses ran back to back on the other core.");
+    let ctx = Ctx {
+        root,
+        opts: &opts,
+        leakscope: &leakscope,
+        tmp,
+    };
+    println!(
+        "leakscope bench: {} round(s){}, interleaved; cell = median traced work time ÷ median untraced; load average at start: {}",
+        opts.rounds,
+        if opts.quick {
+            " (--quick: small sizes)"
+        } else {
+            ""
+        },
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    );
+    let commit = Command::new("git")
+        .args(["-C"])
+        .arg(root)
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!(
+        "leakscope: {} (tree {commit}); memray: {}; {} cores",
+        leakscope.bin.display(),
+        &MEMRAY[8..],
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    if !leakscope.has_exact {
+        println!("note: this leakscope has no --exact: `trace` is its default (exact) mode");
+    }
+    for env in &envs {
+        let table = measure_all(&ctx, env)?;
+        print_table(&ctx, env, &table);
+        if opts.name {
+            // The hardest case for a budgeted tracer: the workload it slowed down most.
+            // (the ORM graph when no default-mode run succeeded).
+            let heaviest = table
+                .iter()
+                .filter_map(|r| Some((r.ratio(Mode::Trace)?, r.workload)))
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, w)| w)
+                .unwrap_or(&WORKLOADS[1]);
+            let verdict = ctx
+                .time_to_name(env, heaviest)
+                .unwrap_or_else(|e| format!("failed: {e:#}"));
+            println!("time to name a paced leak (`leakscope trace --interval 1`): {verdict}");
+        }
+        println!();
+    }
+    print_legend(&ctx);
     Ok(())
 }
 
-fn start(
-    python: &str,
-    script: &Path,
-    n: u32,
-) -> Result<(std::process::Child, BufReader<std::process::ChildStdout>)> {
-    let mut child = Command::new(python)
-        .arg(script)
-        .arg(n.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line)?;
-    Ok((child, out))
+struct Row {
+    workload: &'static Workload,
+    /// Per mode (in `opts.modes` order): the work times, or why the mode could not run.
+    times: Vec<std::result::Result<Vec<f64>, String>>,
+    modes: Vec<Mode>,
 }
 
-fn read_secs(out: &mut BufReader<std::process::ChildStdout>) -> Result<f64> {
-    let mut line = String::new();
-    out.read_line(&mut line)?;
-    line.trim()
-        .parse()
-        .with_context(|| format!("workload printed {line:?}"))
+impl Row {
+    fn median(&self, mode: Mode) -> Option<f64> {
+        let i = self.modes.iter().position(|m| *m == mode)?;
+        let mut v = self.times[i].as_ref().ok()?.clone();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        Some(v[v.len() / 2])
+    }
+
+    fn ratio(&self, mode: Mode) -> Option<f64> {
+        Some(self.median(mode)? / self.median(Mode::Untraced)?)
+    }
 }
 
-/// (walk ms, paused ms) of one census.
-fn census_ms(leakscope: &Path, pid: &str, pause: bool) -> Result<(f64, f64)> {
-    let out = Command::new(leakscope)
-        .args(["census", "--pid", pid, "--json"])
-        .args(pause.then_some("--pause"))
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(text.lines().next().context("no census")?)?;
-    Ok((
-        v["walk_ms"].as_f64().unwrap_or(0.0),
-        v["paused_ms"].as_f64().unwrap_or(0.0),
-    ))
+/// Every workload under every mode, `rounds` times, round-robin; a mode that fails is
+/// reported once (one line) and not run again.
+fn measure_all(ctx: &Ctx, env: &Env) -> Result<Vec<Row>> {
+    let modes = ctx.opts.modes.clone();
+    let mut rows: Vec<Row> = ctx
+        .opts
+        .workloads
+        .iter()
+        .map(|w| Row {
+            workload: w,
+            times: modes
+                .iter()
+                .map(|m| match unavailable(ctx, env, *m) {
+                    Some(why) => Err(why),
+                    None => Ok(vec![]),
+                })
+                .collect(),
+            modes: modes.clone(),
+        })
+        .collect();
+    for round in 0..ctx.opts.rounds {
+        eprintln!(
+            "bench: {}: round {}/{}",
+            env.label,
+            round + 1,
+            ctx.opts.rounds
+        );
+        for row in rows.iter_mut() {
+            // Start each round at another mode, so no mode always runs first (or after the
+            // same neighbour).
+            for k in 0..modes.len() {
+                let i = (k + round) % modes.len();
+                let Ok(times) = &mut row.times[i] else {
+                    continue;
+                };
+                match ctx.measure(env, row.workload, modes[i]) {
+                    Ok(secs) => times.push(secs),
+                    Err(e) => {
+                        let e = format!("{e:#}");
+                        eprintln!("bench: {} / {}: {e}", row.workload.key, modes[i].key());
+                        if modes[i] == Mode::Untraced {
+                            bail!("{}: untraced run failed: {e}", row.workload.key);
+                        }
+                        row.times[i] = Err("failed".into());
+                    }
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Why `mode` cannot run here, if it cannot.
+fn unavailable(ctx: &Ctx, env: &Env, mode: Mode) -> Option<String> {
+    if matches!(mode, Mode::Exact | Mode::ExactNoStacks) && !ctx.leakscope.has_exact {
+        return Some("n/a (this leakscope has no --exact)".into());
+    }
+    if let (Some(_), Err(e)) = (mode.memray_flags(), &env.memray) {
+        return Some(format!("n/a ({e})"));
+    }
+    None
+}
+
+fn print_table(ctx: &Ctx, env: &Env, rows: &[Row]) {
+    let modes = &ctx.opts.modes;
+    println!();
+    println!("{} — {}", env.label, env.python.display());
+    println!();
+    let mut header = vec!["workload".to_string(), "untraced".into()];
+    header.extend(
+        modes
+            .iter()
+            .filter(|m| **m != Mode::Untraced)
+            .map(|m| m.header().to_string()),
+    );
+    println!("| {} |", header.join(" | "));
+    println!(
+        "|---|{}",
+        header[1..].iter().map(|_| "---:|").collect::<String>()
+    );
+    for row in rows {
+        let mut cells = vec![row.workload.label.to_string()];
+        cells.push(match row.median(Mode::Untraced) {
+            Some(s) => format!("{s:.2} s"),
+            None => "failed".into(),
+        });
+        for (i, m) in modes.iter().enumerate() {
+            if *m == Mode::Untraced {
+                continue;
+            }
+            cells.push(match (&row.times[i], row.ratio(*m)) {
+                (Err(why), _) => why.clone(),
+                (Ok(_), Some(r)) => format!("{r:.2}×"),
+                (Ok(_), None) => "–".into(),
+            });
+        }
+        println!("| {} |", cells.join(" | "));
+    }
+}
+
+fn print_legend(ctx: &Ctx) {
+    println!(
+        "Workloads (tests/python/bench/): each times its own work with time.perf_counter after a\n\
+         ready/go handshake, so attaching is not timed; {}.\n\
+         trace: `leakscope trace --pid P` (its default mode); --exact, --exact --no-stacks: with\n\
+         those flags (every birth and death; without stacks: types only). census loop:\n\
+         `leakscope census --pid P --interval {}` snapshots back to back on the other core.\n\
+         memray: `memray attach -o FILE` (without -o, attach opens its live TUI; -o: every malloc-level allocation to a capture file; pymalloc's\n\
+         small objects only as the arenas they come from); --aggregate: aggregated in memory, written\n\
+         at the end; --trace-python-allocators: every pymalloc allocation too (what leakscope sees).\n\
+         tracemalloc: `python -X tracemalloc=1` from the start (1 frame per allocation).\n\
+         Time to name: the workload the default mode slowed down most, with `--paced-leak`\n\
+         (100 PacedLeak objects a second appended to a list from one line), traced with\n\
+         `leakscope trace --json --interval 1`: the report's elapsed_s when a growing site of\n\
+         PacedLeak at that line first appears.",
+        if ctx.opts.quick {
+            "sizes are --quick's"
+        } else {
+            "sized for about 1–2 s untraced on pyenv 3.11.7"
+        },
+        ctx.leakscope.census_interval.get()
+    );
 }

@@ -7,7 +7,9 @@
 //! - `test`: `build`, then every test one at a time: unit, contract, and the privileged ones
 //!   (`#[ignore]`d so that a plain `cargo test` shows them as not run; here
 //!   `--include-ignored` runs them, and each fails when it cannot run).
-//! - `bench`: traced against untraced runs of a fixed workload, side by side (see bench.rs).
+//! - `bench`: five workloads untraced, under leakscope's modes and under its peers (memray,
+//!   tracemalloc), interleaved; slowdown tables per interpreter and the time to name a paced
+//!   leak (see bench.rs; `--quick` for a smoke run).
 mod bench;
 
 use anyhow::{Context, Result, bail};
@@ -44,7 +46,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <build-ebpf | build | demo | test [filter] | bench [--quick]>"
+                "usage: cargo xtask <build-ebpf | build | demo | test [filter] | bench [--quick] [options]>"
             );
             if task == "help" {
                 Ok(())
