@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The memray the bench installs (pinned, so runs compare).
-const MEMRAY: &str = "memray==1.20.0";
+const MEMRAY_VERSION: &str = "1.20.0";
 /// How long the time-to-name run waits for the report that names the leak.
 const NAME_WITHIN: Duration = Duration::from_secs(120);
 /// How long a workload may take to print its time (the slowest mode on the heaviest one).
@@ -273,10 +273,7 @@ fn ensure_env(label: &str, base: &Path, venv: &Path) -> Result<Env> {
             && Command::new(&python)
                 .args([
                     "-c",
-                    &format!(
-                        "import memray; assert memray.__version__ == {:?}",
-                        &MEMRAY[8..]
-                    ),
+                    &format!("import memray; assert memray.__version__ == {MEMRAY_VERSION:?}"),
                 ])
                 .stderr(Stdio::null())
                 .status()
@@ -285,7 +282,8 @@ fn ensure_env(label: &str, base: &Path, venv: &Path) -> Result<Env> {
     let memray = if has(&memray) {
         Ok(memray)
     } else {
-        eprintln!("bench: pip install {MEMRAY} into {}", venv.display());
+        let spec = format!("memray=={MEMRAY_VERSION}");
+        eprintln!("bench: pip install {spec} into {}", venv.display());
         let out = Command::new(&python)
             .args([
                 "-m",
@@ -293,7 +291,7 @@ fn ensure_env(label: &str, base: &Path, venv: &Path) -> Result<Env> {
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
-                MEMRAY,
+                &spec,
             ])
             .output()
             .context("running pip")?;
@@ -301,7 +299,7 @@ fn ensure_env(label: &str, base: &Path, venv: &Path) -> Result<Env> {
             Ok(memray)
         } else {
             Err(format!(
-                "pip install {MEMRAY} failed: {}",
+                "pip install {spec} failed: {}",
                 last_line(&out.stderr)
             ))
         }
@@ -796,7 +794,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     println!(
         "leakscope: {} (tree {commit}); memray: {}; {} cores",
         leakscope.bin.display(),
-        &MEMRAY[8..],
+        MEMRAY_VERSION,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     if !leakscope.has_exact {
@@ -884,7 +882,14 @@ fn measure_all(ctx: &Ctx, env: &Env) -> Result<Vec<Row>> {
                     continue;
                 };
                 match ctx.measure(env, row.workload, modes[i]) {
-                    Ok(secs) => times.push(secs),
+                    Ok(secs) => {
+                        eprintln!(
+                            "bench:   {} / {}: {secs:.2} s",
+                            row.workload.key,
+                            modes[i].key()
+                        );
+                        times.push(secs)
+                    }
                     Err(e) => {
                         let e = format!("{e:#}");
                         eprintln!("bench: {} / {}: {e}", row.workload.key, modes[i].key());
@@ -955,9 +960,10 @@ fn print_legend(ctx: &Ctx) {
          trace: `leakscope trace --pid P` (its default mode); --exact, --exact --no-stacks: with\n\
          those flags (every birth and death; without stacks: types only). census loop:\n\
          `leakscope census --pid P --interval {}` snapshots back to back on the other core.\n\
-         memray: `memray attach -o FILE` (without -o, attach opens its live TUI; -o: every malloc-level allocation to a capture file; pymalloc's\n\
-         small objects only as the arenas they come from); --aggregate: aggregated in memory, written\n\
-         at the end; --trace-python-allocators: every pymalloc allocation too (what leakscope sees).\n\
+         memray: `memray attach -o FILE` (without -o, attach opens its live TUI): every malloc-level\n\
+         allocation to a capture file, pymalloc's small objects only as the arenas they come from;\n\
+         --aggregate: aggregated in memory, written at the end; --trace-python-allocators: every\n\
+         pymalloc allocation too (the objects leakscope sees).\n\
          tracemalloc: `python -X tracemalloc=1` from the start (1 frame per allocation).\n\
          Time to name: the workload the default mode slowed down most, with `--paced-leak`\n\
          (100 PacedLeak objects a second appended to a list from one line), traced with\n\
