@@ -34,6 +34,9 @@ const WORK_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a tracer may take to attach (memray's gdb injection takes a second or two).
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The default mode's runs do this many times the work (see `Ctx::n`).
+const LONG: u32 = 6;
+
 struct Workload {
     key: &'static str,
     label: &'static str,
@@ -84,6 +87,8 @@ const WORKLOADS: [Workload; 5] = [
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     Untraced,
+    /// Untraced at `LONG`× the size: the baseline of `Trace`.
+    UntracedLong,
     Trace,
     Exact,
     ExactNoStacks,
@@ -94,8 +99,9 @@ enum Mode {
     Tracemalloc,
 }
 
-const MODES: [Mode; 9] = [
+const MODES: [Mode; 10] = [
     Mode::Untraced,
+    Mode::UntracedLong,
     Mode::Trace,
     Mode::Exact,
     Mode::ExactNoStacks,
@@ -110,6 +116,7 @@ impl Mode {
     fn key(self) -> &'static str {
         match self {
             Mode::Untraced => "untraced",
+            Mode::UntracedLong => "untraced-long",
             Mode::Trace => "trace",
             Mode::Exact => "exact",
             Mode::ExactNoStacks => "exact-no-stacks",
@@ -124,7 +131,8 @@ impl Mode {
     fn header(self) -> &'static str {
         match self {
             Mode::Untraced => "untraced",
-            Mode::Trace => "trace",
+            Mode::UntracedLong => "untraced, 6× work",
+            Mode::Trace => "trace (default: --overhead 10), 6× work",
             Mode::Exact => "trace --exact",
             Mode::ExactNoStacks => "--exact --no-stacks",
             Mode::Census => "census loop",
@@ -199,6 +207,9 @@ impl Opts {
                         .into_iter()
                         .copied()
                         .collect();
+                    if o.modes.contains(&Mode::Trace) && !o.modes.contains(&Mode::UntracedLong) {
+                        o.modes.insert(0, Mode::UntracedLong);
+                    }
                     if !o.modes.contains(&Mode::Untraced) {
                         o.modes.insert(0, Mode::Untraced);
                     }
@@ -575,8 +586,16 @@ impl Ctx<'_> {
         self.root.join("tests/python/bench").join(w.script)
     }
 
-    fn n(&self, w: &Workload) -> u32 {
-        if self.opts.quick { w.quick_n } else { w.n }
+    /// The workload's size for `mode`: the default mode runs `LONG` times the work (its
+    /// windows and gaps last seconds, and its first window and detach cost the same on a
+    /// short run as on a long one), against an untraced run of the same size.
+    fn n(&self, w: &Workload, mode: Mode) -> u32 {
+        let n = if self.opts.quick { w.quick_n } else { w.n };
+        if matches!(mode, Mode::Trace | Mode::UntracedLong) {
+            n * LONG
+        } else {
+            n
+        }
     }
 
     /// Starts a workload and waits for its `ready`.
@@ -586,7 +605,7 @@ impl Ctx<'_> {
             cmd.args(["-X", "tracemalloc=1"]);
         }
         cmd.arg(self.script(w))
-            .arg(self.n(w).to_string())
+            .arg(self.n(w, mode).to_string())
             .args(extra);
         let mut p = Proc::spawn(
             format!("workload {} ({})", w.key, mode.key()),
@@ -842,7 +861,12 @@ impl Row {
     }
 
     fn ratio(&self, mode: Mode) -> Option<f64> {
-        Some(self.median(mode)? / self.median(Mode::Untraced)?)
+        let base = if mode == Mode::Trace {
+            Mode::UntracedLong
+        } else {
+            Mode::Untraced
+        };
+        Some(self.median(mode)? / self.median(base)?)
     }
 }
 
@@ -925,7 +949,7 @@ fn print_table(ctx: &Ctx, env: &Env, rows: &[Row]) {
     header.extend(
         modes
             .iter()
-            .filter(|m| **m != Mode::Untraced)
+            .filter(|m| !matches!(m, Mode::Untraced | Mode::UntracedLong))
             .map(|m| m.header().to_string()),
     );
     println!("| {} |", header.join(" | "));
@@ -940,7 +964,7 @@ fn print_table(ctx: &Ctx, env: &Env, rows: &[Row]) {
             None => "failed".into(),
         });
         for (i, m) in modes.iter().enumerate() {
-            if *m == Mode::Untraced {
+            if matches!(m, Mode::Untraced | Mode::UntracedLong) {
                 continue;
             }
             cells.push(match (&row.times[i], row.ratio(*m)) {
@@ -957,7 +981,9 @@ fn print_legend(ctx: &Ctx) {
     println!(
         "Workloads (tests/python/bench/): each times its own work with time.perf_counter after a\n\
          ready/go handshake, so attaching is not timed; {}.\n\
-         trace: `leakscope trace --pid P` (its default mode); --exact, --exact --no-stacks: with\n\
+         trace: `leakscope trace --pid P` (its default mode, --overhead 10) on 6× the work, against\n\
+         an untraced run of that size (a sampled trace pays its first window and each detach\n\
+         the same on a short run as on a long one); --exact, --exact --no-stacks: with\n\
          those flags (every birth and death; without stacks: types only). census loop:\n\
          `leakscope census --pid P --interval {}` snapshots back to back on the other core.\n\
          memray: `memray attach -o FILE` (without -o, attach opens its live TUI): every malloc-level\n\

@@ -38,8 +38,9 @@ pub const AIM: f64 = 0.8;
 /// A sampled trace goes back to exact when the full cost would be at most this share of
 /// the budget (hysteresis: it does not flip on every change of load).
 pub const BACK_TO_EXACT: f64 = 0.5;
-/// Length of a sampling window, seconds (from the last probe attached to the first
-/// detached). Long against the ~10 ms a probe takes to attach, short against the gaps.
+/// Shortest sampling window, seconds (from the last probe attached to the first
+/// detached). Long against the ~10 ms a probe takes to attach; `window_s` makes windows
+/// longer when detaching is dear.
 pub const WINDOW_S: f64 = 0.2;
 /// The first window measures what being attached costs (and exact mode re-checks it this
 /// often): at a cost ratio of 30 (an allocation-heavy loop), 50 ms attached cost the target
@@ -47,6 +48,8 @@ pub const WINDOW_S: f64 = 0.2;
 pub const MEASURE_S: f64 = 0.05;
 /// An attached span shorter than this says too little about the cost to steer by.
 pub const MIN_MEASURE_S: f64 = 0.02;
+/// Longest window, seconds.
+pub const MAX_WINDOW_S: f64 = 2.0;
 /// Longest gap between windows, seconds, so growth is still seen every so often.
 pub const MAX_GAP_S: f64 = 30.0;
 /// Shortest gap: detaching takes the kernel ~100 ms per probe, and a window that would
@@ -154,6 +157,24 @@ impl Controller {
     /// Seconds to wait before the next window: until the debt is paid.
     pub fn gap_s(&self) -> f64 {
         self.debt_s.clamp(MIN_GAP_S, MAX_GAP_S)
+    }
+
+    /// Seconds of work still owed (0 when the next window may open).
+    pub fn debt_s(&self) -> f64 {
+        self.debt_s
+    }
+
+    /// The last attached span's cost ratio, if one was measured.
+    pub fn rho(&self) -> Option<f64> {
+        self.rho
+    }
+
+    /// How long the next window should be: long enough that the detach that ends it
+    /// (`detach_s` of the target's time) stays a third of what the window itself costs at
+    /// cost ratio ρ (`window × ρ/(1+ρ) ≥ 3 × detach`), within `WINDOW_S..=MAX_WINDOW_S`.
+    pub fn window_s(&self, detach_s: f64) -> f64 {
+        let rho = self.rho.unwrap_or(1.0).max(1e-3);
+        (3.0 * detach_s * (1.0 + rho) / rho).clamp(WINDOW_S, MAX_WINDOW_S)
     }
 
     /// Totals for reports.
@@ -343,6 +364,20 @@ mod tests {
         c.charge(0.08); // a detach stalled the target 80 ms: 1 s of work at 8%
         assert!((c.gap_s() - 1.0).abs() < 1e-9, "{}", c.gap_s());
         assert!((c.state(10.2).estimated_overhead - 0.08 / (10.2 - 0.08)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn windows_grow_when_a_detach_costs_much_against_them() {
+        let mut c = Controller::new(Budget::Overhead(0.10));
+        c.book(0.2, 0.2, 0.2 * 30.0 / 31.0); // ρ = 30
+        // A 150 ms detach: 3 × 0.15 × 31/30 = 0.465 s.
+        assert!(
+            (c.window_s(0.15) - 0.465).abs() < 1e-9,
+            "{}",
+            c.window_s(0.15)
+        );
+        assert_eq!(c.window_s(0.0), WINDOW_S);
+        assert_eq!(c.window_s(10.0), MAX_WINDOW_S);
     }
 
     #[test]

@@ -76,6 +76,27 @@ impl Process {
     pub fn memory(&self) -> Mem {
         std::sync::Arc::new(ProcessMemory { pid: self.pid })
     }
+
+    /// CPU time the process (all its threads) spent in the kernel so far, seconds
+    /// (`stime` of /proc/<pid>/stat, in clock ticks). Uprobe traps are kernel time of the
+    /// thread that hits them: the budget reads what they really cost here.
+    pub fn system_time_s(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        let ticks = parse_stime(&stat)?;
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        (hz > 0).then(|| ticks as f64 / hz as f64)
+    }
+}
+
+/// Field 15 (`stime`) of a /proc/<pid>/stat line.
+fn parse_stime(stat: &str) -> Option<u64> {
+    // After "pid (comm) ": state is field 3, so stime (15) is the 13th field after it.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(12)?
+        .parse()
+        .ok()
 }
 
 /// `(comm, starttime)` from `/proc/<pid>/stat`; comm may contain spaces and parentheses.
@@ -146,6 +167,13 @@ mod tests {
     fn stat_with_odd_comm() {
         let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
         assert_eq!(parse_stat(stat), Some(("a (b) c".to_string(), 987654)));
+    }
+
+    #[test]
+    fn stime_is_field_15_whatever_the_comm() {
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 111 222 0 0 20 0 1 0 987654";
+        assert_eq!(parse_stime(stat), Some(222));
+        assert_eq!(parse_stime("42 (x) S 1"), None);
     }
 
     #[test]
