@@ -270,6 +270,7 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
             detach_s: (trap.detach_ns / 1e9).max(MIN_DETACH_S),
             charged_s: 0.0,
             after_detach: false,
+            hit_factor: 1.0,
         },
         process: &process,
         stacks: stack_config.is_some(),
@@ -344,6 +345,10 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
 /// of their kernel time: measured here with `--exact` on the bench's JSON workload (user
 /// time +0.68 s for +7.24 s of kernel time) and its `--no-stacks` run (+0.60 s for +4.35 s).
 const USER_SIDE_SHARE: f64 = 0.15;
+/// A span whose modelled cost is at least this (ns) is busy enough with hits for the
+/// target's kernel time to measure what a hit costs; the measured factor is capped.
+const MIN_MODEL_NS: f64 = 10e6;
+const MAX_HIT_FACTOR: f64 = 20.0;
 /// A detach costs a busy target at least this much until one is measured in it (in
 /// leakscope's own process it is 2–60 ms; in a target with a big heap, 100–200 ms of kernel
 /// time: docs/overhead.md).
@@ -409,6 +414,9 @@ struct Sampler {
     detach_s: f64,
     charged_s: f64,
     after_detach: bool,
+    /// What a hit really costs the target, as a multiple of the calibrated model (its own
+    /// kernel time while busy with hits says so; at least 1).
+    hit_factor: f64,
 }
 
 struct Observation {
@@ -476,18 +484,22 @@ impl Session<'_> {
         // while detached, plus what the traps cost its user-space code after them.
         let stime = self.process.system_time_s();
         let wall = now.duration_since(s.booked).as_secs_f64();
+        // Only where the probes' cost dominates the target's kernel time (many hits) does
+        // that time say what a hit costs; a quiet target's own system calls are not ours.
         if let (Some(now_st), Some(then_st)) = (stime, s.stime) {
             let kernel = ((now_st - then_st).max(0.0) - s.stime_idle_rate * wall).max(0.0);
-            if attached_s > 0.0 {
-                extra_ns = extra_ns.max(kernel * (1.0 + USER_SIDE_SHARE) * 1e9);
-            } else if s.after_detach {
-                // The gap after a detach: the kernel time the target burnt there is the
-                // detach's cost (measured, so the estimate charged at the close follows it).
+            if attached_s > 0.0 && extra_ns >= MIN_MODEL_NS {
+                let seen = kernel * (1.0 + USER_SIDE_SHARE) * 1e9 / extra_ns;
+                s.hit_factor = 0.5 * s.hit_factor + 0.5 * seen.clamp(1.0, MAX_HIT_FACTOR);
+            } else if attached_s == 0.0 && s.after_detach && s.busy >= 0.5 {
+                // The gap after a busy target's detach: the kernel time it burnt there is
+                // the detach's cost (measured, so what is charged at a close follows it).
                 s.detach_s = 0.5 * s.detach_s + 0.5 * kernel;
                 extra_ns += (kernel - s.charged_s).max(0.0) * 1e9;
-            } else {
-                extra_ns += kernel * 1e9;
             }
+        }
+        if attached_s > 0.0 {
+            extra_ns *= s.hit_factor;
         }
         s.after_detach = false;
         s.stime = stime;
