@@ -1,4 +1,4 @@
-"""Bench workload: the micro loop of tests/python/bench_workload.py (N iterations of a dict,
+"""Bench workload: the micro loop (N iterations of a dict,
 str, tuple, float and two class instances, 10 Python frames deep: nothing but allocation),
 under the bench protocol of _harness.py (which `memray attach` needs: see wait_for_go)."""
 from _harness import run
