@@ -6,7 +6,9 @@
 //! back; `memray attach` (a capture file, `--aggregate`, `--trace-python-allocators`); and
 //! `python -X tracemalloc=1`. Rounds are interleaved (every workload under every mode, then
 //! the next round), so a noisy machine hits every mode alike; each cell is the median of the
-//! rounds, as a slowdown: traced work time ÷ untraced work time. Each workload times its own
+//! rounds, as a slowdown: traced work time ÷ untraced work time (the default mode's cell, the
+//! goal's, is the median of pairs: each run beside an untraced one of its size, seconds
+//! apart, since this VM's speed drifts over minutes). Each workload times its own
 //! work inside the process, after a `ready`/`go` handshake, so attaching is not timed.
 //! Then, per interpreter: how long the default mode takes to name a paced leak added to the
 //! workload it slowed down most.
@@ -847,6 +849,10 @@ struct Row {
     /// Per mode (in `opts.modes` order): the work times, or why the mode could not run.
     times: Vec<std::result::Result<Vec<f64>, String>>,
     modes: Vec<Mode>,
+    /// Default-mode runs paired with an untraced run of the same size just before or after
+    /// (the order alternates by round): traced ÷ untraced per pair. This VM's speed drifts
+    /// by ±25% over minutes, so the goal's cell compares runs a few seconds apart.
+    pairs: Vec<f64>,
 }
 
 impl Row {
@@ -861,6 +867,11 @@ impl Row {
     }
 
     fn ratio(&self, mode: Mode) -> Option<f64> {
+        if mode == Mode::Trace && !self.pairs.is_empty() {
+            let mut v = self.pairs.clone();
+            v.sort_by(f64::total_cmp);
+            return Some(v[v.len() / 2]);
+        }
         let base = if mode == Mode::Trace {
             Mode::UntracedLong
         } else {
@@ -888,8 +899,10 @@ fn measure_all(ctx: &Ctx, env: &Env) -> Result<Vec<Row>> {
                 })
                 .collect(),
             modes: modes.clone(),
+            pairs: vec![],
         })
         .collect();
+    let long = modes.iter().position(|m| *m == Mode::UntracedLong);
     for round in 0..ctx.opts.rounds {
         eprintln!(
             "bench: {}: round {}/{}",
@@ -902,6 +915,18 @@ fn measure_all(ctx: &Ctx, env: &Env) -> Result<Vec<Row>> {
             // same neighbour).
             for k in 0..modes.len() {
                 let i = (k + round) % modes.len();
+                if row.times[i].is_err() {
+                    continue;
+                }
+                match (modes[i], long) {
+                    // Run with the default mode's, as a pair.
+                    (Mode::UntracedLong, _) if modes.contains(&Mode::Trace) => continue,
+                    (Mode::Trace, Some(l)) if row.times[l].is_ok() => {
+                        measure_pair(ctx, env, row, i, l, round)?;
+                        continue;
+                    }
+                    _ => {}
+                }
                 let Ok(times) = &mut row.times[i] else {
                     continue;
                 };
@@ -927,6 +952,47 @@ fn measure_all(ctx: &Ctx, env: &Env) -> Result<Vec<Row>> {
         }
     }
     Ok(rows)
+}
+
+/// The default mode (`modes[trace]`) and its untraced baseline (`modes[long]`) back to
+/// back, the baseline first in even rounds: both times kept, and their ratio as a pair.
+fn measure_pair(
+    ctx: &Ctx,
+    env: &Env,
+    row: &mut Row,
+    trace: usize,
+    long: usize,
+    round: usize,
+) -> Result<()> {
+    let order = if round.is_multiple_of(2) { [long, trace] } else { [trace, long] };
+    let mut got = [None, None];
+    for (j, &i) in order.iter().enumerate() {
+        let mode = row.modes[i];
+        match ctx.measure(env, row.workload, mode) {
+            Ok(secs) => {
+                eprintln!("bench:   {} / {}: {secs:.2} s", row.workload.key, mode.key());
+                if let Ok(t) = &mut row.times[i] {
+                    t.push(secs);
+                }
+                got[j] = Some(secs);
+            }
+            Err(e) => {
+                eprintln!("bench: {} / {}: {e:#}", row.workload.key, mode.key());
+                row.times[i] = Err("failed".into());
+                return Ok(());
+            }
+        }
+    }
+    if let [Some(a), Some(b)] = got {
+        let (base, traced) = if order[0] == long { (a, b) } else { (b, a) };
+        row.pairs.push(traced / base);
+        eprintln!(
+            "bench:   {} / trace ÷ untraced-long: {:.3}",
+            row.workload.key,
+            traced / base
+        );
+    }
+    Ok(())
 }
 
 /// Why `mode` cannot run here, if it cannot.
@@ -969,6 +1035,11 @@ fn print_table(ctx: &Ctx, env: &Env, rows: &[Row]) {
             }
             cells.push(match (&row.times[i], row.ratio(*m)) {
                 (Err(why), _) => why.clone(),
+                (Ok(_), Some(r)) if *m == Mode::Trace && row.pairs.len() > 1 => {
+                    let lo = row.pairs.iter().copied().fold(f64::INFINITY, f64::min);
+                    let hi = row.pairs.iter().copied().fold(0.0, f64::max);
+                    format!("{r:.2}× ({lo:.2}–{hi:.2})")
+                }
                 (Ok(_), Some(r)) => format!("{r:.2}×"),
                 (Ok(_), None) => "–".into(),
             });
@@ -981,9 +1052,10 @@ fn print_legend(ctx: &Ctx) {
     println!(
         "Workloads (tests/python/bench/): each times its own work with time.perf_counter after a\n\
          ready/go handshake, so attaching is not timed; {}.\n\
-         trace: `leakscope trace --pid P` (its default mode, --overhead 10) on 6× the work, against\n\
-         an untraced run of that size (a sampled trace pays its first window and each detach\n\
-         the same on a short run as on a long one); --exact, --exact --no-stacks: with\n\
+         trace: `leakscope trace --pid P` (its default mode, --overhead 10) on 6× the work, each\n\
+         run paired with an untraced run of that size just before or after it: the median of the\n\
+         pairs' ratios, (lowest–highest) (a sampled trace pays its first window and each detach\n\
+         the same on a short run as on a long one; pairs cancel the machine's slow drift); --exact, --exact --no-stacks: with\n\
          those flags (every birth and death; without stacks: types only). census loop:\n\
          `leakscope census --pid P --interval {}` snapshots back to back on the other core.\n\
          memray: `memray attach -o FILE` (without -o, attach opens its live TUI): every malloc-level\n\

@@ -552,6 +552,12 @@ impl Session<'_> {
                     return Ok(());
                 }
                 let window = self.sampler.ctl.window_s(self.sampler.detach_s);
+                let s = &self.sampler;
+                let wait = s.ctl.wait_to_fit_s(window, s.busy * s.detach_s);
+                if wait > 0.01 {
+                    self.sampler.next = now + secs(wait.min(budget::MAX_GAP_S));
+                    return Ok(());
+                }
                 self.open(tracer, Phase::Open)?;
                 self.sampler.next = Instant::now() + secs(window);
             }
