@@ -850,7 +850,7 @@ struct Row {
     times: Vec<std::result::Result<Vec<f64>, String>>,
     modes: Vec<Mode>,
     /// Default-mode runs paired with an untraced run of the same size just before or after
-    /// (the order alternates by round): traced ÷ untraced per pair. This VM's speed drifts
+    /// (the order alternates): traced ÷ untraced per pair. This VM's speed drifts
     /// by ±25% over minutes, so the goal's cell compares runs a few seconds apart.
     pairs: Vec<f64>,
 }
@@ -858,19 +858,12 @@ struct Row {
 impl Row {
     fn median(&self, mode: Mode) -> Option<f64> {
         let i = self.modes.iter().position(|m| *m == mode)?;
-        let mut v = self.times[i].as_ref().ok()?.clone();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        Some(v[v.len() / 2])
+        median(self.times[i].as_ref().ok()?)
     }
 
     fn ratio(&self, mode: Mode) -> Option<f64> {
         if mode == Mode::Trace && !self.pairs.is_empty() {
-            let mut v = self.pairs.clone();
-            v.sort_by(f64::total_cmp);
-            return Some(v[v.len() / 2]);
+            return median(&self.pairs);
         }
         let base = if mode == Mode::Trace {
             Mode::UntracedLong
@@ -880,6 +873,21 @@ impl Row {
         Some(self.median(mode)? / self.median(base)?)
     }
 }
+
+/// The middle value (the mean of the middle two of an even count).
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// Default-mode pairs per round: the goal's cell gets more samples than the others.
+const PAIRS_PER_ROUND: usize = 2;
 
 /// Every workload under every mode, `rounds` times, round-robin; a mode that fails is
 /// reported once (one line) and not run again.
@@ -922,7 +930,9 @@ fn measure_all(ctx: &Ctx, env: &Env) -> Result<Vec<Row>> {
                     // Run with the default mode's, as a pair.
                     (Mode::UntracedLong, _) if modes.contains(&Mode::Trace) => continue,
                     (Mode::Trace, Some(l)) if row.times[l].is_ok() => {
-                        measure_pair(ctx, env, row, i, l, round)?;
+                        for p in 0..PAIRS_PER_ROUND {
+                            measure_pair(ctx, env, row, i, l, round * PAIRS_PER_ROUND + p)?;
+                        }
                         continue;
                     }
                     _ => {}
@@ -955,16 +965,16 @@ fn measure_all(ctx: &Ctx, env: &Env) -> Result<Vec<Row>> {
 }
 
 /// The default mode (`modes[trace]`) and its untraced baseline (`modes[long]`) back to
-/// back, the baseline first in even rounds: both times kept, and their ratio as a pair.
+/// back, the baseline first in even pairs: both times kept, and their ratio as a pair.
 fn measure_pair(
     ctx: &Ctx,
     env: &Env,
     row: &mut Row,
     trace: usize,
     long: usize,
-    round: usize,
+    pair: usize,
 ) -> Result<()> {
-    let order = if round.is_multiple_of(2) { [long, trace] } else { [trace, long] };
+    let order = if pair.is_multiple_of(2) { [long, trace] } else { [trace, long] };
     let mut got = [None, None];
     for (j, &i) in order.iter().enumerate() {
         let mode = row.modes[i];
@@ -1052,9 +1062,9 @@ fn print_legend(ctx: &Ctx) {
     println!(
         "Workloads (tests/python/bench/): each times its own work with time.perf_counter after a\n\
          ready/go handshake, so attaching is not timed; {}.\n\
-         trace: `leakscope trace --pid P` (its default mode, --overhead 10) on 6× the work, each\n\
-         run paired with an untraced run of that size just before or after it: the median of the\n\
-         pairs' ratios, (lowest–highest) (a sampled trace pays its first window and each detach\n\
+         trace: `leakscope trace --pid P` (its default mode, --overhead 10) on 6× the work, twice a\n\
+         round, each run paired with an untraced run of that size just before or after it: the\n\
+         median of the pairs' ratios, (lowest–highest) (a sampled trace pays its first window and each detach\n\
          the same on a short run as on a long one; pairs cancel the machine's slow drift); --exact, --exact --no-stacks: with\n\
          those flags (every birth and death; without stacks: types only). census loop:\n\
          `leakscope census --pid P --interval {}` snapshots back to back on the other core.\n\
