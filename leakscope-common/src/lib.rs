@@ -9,7 +9,11 @@
 pub const EVENT_BIRTH: u32 = 1;
 /// A block of memory at `addr` was handed back (`tp_free`, the allocator's free or realloc).
 /// Whatever object lived at `addr` (or whose pre-header starts at `addr`) is dead.
+/// `type_ptr` carries flags (`FREE_IN_GC`).
 pub const EVENT_FREE: u32 = 2;
+/// The free came while the cyclic collector was collecting (`gc.collecting` set): the
+/// object was garbage only the collector could reclaim (a cycle, or held by one).
+pub const FREE_IN_GC: u64 = 1;
 
 /// One record in the `EVENTS` ring buffer.
 #[repr(C)]
@@ -106,6 +110,9 @@ pub struct StackConfig {
     /// 0: walk the stack at every birth. 1: only at births of a type in `WALK_TYPES` (the
     /// sampled mode spends its walks on the types whose objects survive).
     pub walk_filter: u64,
+    /// Address of the main interpreter's `gc.collecting` (an `int`), read at every free to
+    /// set `FREE_IN_GC`; 0 = unknown (no flag). Used with and without stacks.
+    pub gc_collecting: u64,
 }
 
 /// Most types `WALK_TYPES` holds.
@@ -151,7 +158,7 @@ pub mod names {
 const _: () = assert!(size_of::<Event>() == 40 && align_of::<Event>() == 8);
 const _: () = assert!(size_of::<RawFrame>() == 16 && align_of::<RawFrame>() == 8);
 const _: () = assert!(size_of::<RawStack>() == 8 + 16 * MAX_FRAMES && align_of::<RawStack>() == 8);
-const _: () = assert!(size_of::<StackConfig>() == 16 + 10 * 8 && align_of::<StackConfig>() == 8);
+const _: () = assert!(size_of::<StackConfig>() == 16 + 11 * 8 && align_of::<StackConfig>() == 8);
 // Drop kinds index a per-probe bit mask in `LOGGED`.
 const _: () = assert!(DROP_KINDS <= 32);
 

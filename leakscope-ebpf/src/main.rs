@@ -21,8 +21,8 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use leakscope_common::{
     DROP_FRAME_READ_FAILED, DROP_KINDS, DROP_NO_TSTATE, DROP_READ_FAILED, DROP_RINGBUF_FULL,
-    DROP_STACK_MAP_FULL, EVENT_BIRTH, EVENT_FREE, Event, FRAME_WINDOW_WORDS, MAX_FRAMES,
-    MAX_PROBES, MAX_WALK_TYPES, NO_OFFSET, RawFrame, RawStack, StackConfig, WALK_COUNT,
+    DROP_STACK_MAP_FULL, EVENT_BIRTH, EVENT_FREE, Event, FRAME_WINDOW_WORDS, FREE_IN_GC,
+    MAX_FRAMES, MAX_PROBES, MAX_WALK_TYPES, NO_OFFSET, RawFrame, RawStack, StackConfig, WALK_COUNT,
     WALK_FILTERED, WALK_FRAMES, WALK_NS, WALK_SLOTS, WALK_TRUNCATED,
 };
 
@@ -362,13 +362,28 @@ pub fn birth_ret(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// `FREE_IN_GC` while the cyclic collector collects (`CONFIG.gc_collecting` says where
+/// its flag is), else 0. An unreadable flag is no flag.
+#[inline(always)]
+fn free_flags() -> u64 {
+    match CONFIG.get(0) {
+        Some(cfg) if cfg.gc_collecting != 0 => {
+            match unsafe { bpf_probe_read_user(cfg.gc_collecting as *const i32) } {
+                Ok(c) if c != 0 => FREE_IN_GC,
+                _ => 0,
+            }
+        }
+        _ => 0,
+    }
+}
+
 /// Free at a function whose first argument is the block or object (`PyObject_Free(p)`).
 #[uprobe]
 pub fn free_arg0(ctx: ProbeContext) -> u32 {
     let probe = probe_id(&ctx);
     let addr = ctx.arg::<u64>(0).unwrap_or(0);
     if addr != 0 {
-        emit(&ctx, EVENT_FREE, probe, addr, 0, 0, 0);
+        emit(&ctx, EVENT_FREE, probe, addr, free_flags(), 0, 0);
     }
     0
 }
@@ -379,7 +394,7 @@ pub fn free_arg1(ctx: ProbeContext) -> u32 {
     let probe = probe_id(&ctx);
     let addr = ctx.arg::<u64>(1).unwrap_or(0);
     if addr != 0 {
-        emit(&ctx, EVENT_FREE, probe, addr, 0, 0, 0);
+        emit(&ctx, EVENT_FREE, probe, addr, free_flags(), 0, 0);
     }
     0
 }

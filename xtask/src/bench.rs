@@ -974,13 +974,21 @@ fn measure_pair(
     long: usize,
     pair: usize,
 ) -> Result<()> {
-    let order = if pair.is_multiple_of(2) { [long, trace] } else { [trace, long] };
+    let order = if pair.is_multiple_of(2) {
+        [long, trace]
+    } else {
+        [trace, long]
+    };
     let mut got = [None, None];
     for (j, &i) in order.iter().enumerate() {
         let mode = row.modes[i];
         match ctx.measure(env, row.workload, mode) {
             Ok(secs) => {
-                eprintln!("bench:   {} / {}: {secs:.2} s", row.workload.key, mode.key());
+                eprintln!(
+                    "bench:   {} / {}: {secs:.2} s",
+                    row.workload.key,
+                    mode.key()
+                );
                 if let Ok(t) = &mut row.times[i] {
                     t.push(secs);
                 }

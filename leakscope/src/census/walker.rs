@@ -96,6 +96,24 @@ impl Heap {
     }
 }
 
+impl Heap {
+    /// Where the main interpreter's `gc.collecting` flag is (the last interpreter of the
+    /// list: new ones join at its head), for the free probes' `FREE_IN_GC`.
+    pub fn gc_collecting_addr(&self) -> Option<u64> {
+        let mut interp = self
+            .mem
+            .u64(self.runtime + self.layout.interpreters_head)
+            .unwrap_or(0);
+        let (mut main, mut n) = (0, 0);
+        while interp != 0 && n < MAX_INTERPRETERS {
+            main = interp;
+            interp = self.mem.u64(interp + self.layout.interp_next).unwrap_or(0);
+            n += 1;
+        }
+        (main != 0).then(|| main + self.layout.interp_gc + cpython::gc::GC_COLLECTING)
+    }
+}
+
 #[cfg(test)]
 impl Heap {
     /// A heap over memory a test built (`census::fake`), with the version's table layout.

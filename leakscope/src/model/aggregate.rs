@@ -12,6 +12,7 @@
 //! Objects that die on a freelist stay "live" until the slot is reused: freelists are
 //! bounded, so that never looks like growth.
 use hashbrown::HashMap;
+use std::collections::VecDeque;
 
 #[derive(Clone, Copy, Debug)]
 struct LiveObject {
@@ -19,6 +20,8 @@ struct LiveObject {
     site: u32,
     /// The sampling window it was born in (`Aggregator::set_epoch`; 0 when exact).
     epoch: u32,
+    /// The interval it was born in (0 = the first after attach): how old it is.
+    interval: u32,
     bytes: u64,
     preheader: u64,
     /// What the sampled mode remembers of the object to tell it from a successor at the
@@ -53,6 +56,17 @@ struct Counters {
     lives: Vec<u64>,
     /// Lowest live count in each interval (index 0 = attach, always 0): decides growth.
     floors: Vec<u64>,
+    /// Live objects born in each of the last `AGE_INTERVALS` intervals (front: the current
+    /// one), and those born before: the *aged* survivors.
+    young: VecDeque<u64>,
+    aged: u64,
+    /// Deaths of aged objects so far.
+    aged_deaths: u64,
+    /// Aged survivors, and aged deaths so far, at each snapshot (index 0 = attach).
+    ageds: Vec<u64>,
+    aged_deaths_at: Vec<u64>,
+    /// Deaths inside a collection of the cyclic GC (`Aggregator::free_in_gc`).
+    collected: u64,
 }
 
 impl Counters {
@@ -60,18 +74,32 @@ impl Counters {
         Counters {
             lives: vec![0; snapshots],
             floors: vec![0; snapshots],
+            young: VecDeque::from(vec![0; AGE_INTERVALS]),
+            ageds: vec![0; snapshots],
+            aged_deaths_at: vec![0; snapshots],
             ..Default::default()
         }
     }
 
     fn born(&mut self, bytes: u64) {
+        self.young[0] += 1;
         self.live += 1;
         self.live_bytes += bytes;
         self.births += 1;
         self.interval_births += 1;
     }
 
-    fn died(&mut self, bytes: u64) {
+    /// An object born `age` intervals ago (0: in the current one) died, in a collection of
+    /// the cyclic GC if `in_gc`.
+    fn died(&mut self, bytes: u64, age: u32, in_gc: bool) {
+        self.collected += in_gc as u64;
+        match self.young.get_mut(age as usize) {
+            Some(n) => *n -= 1,
+            None => {
+                self.aged -= 1;
+                self.aged_deaths += 1;
+            }
+        }
         self.live -= 1;
         self.floor = self.floor.min(self.live);
         self.live_bytes -= bytes;
@@ -84,6 +112,11 @@ impl Counters {
         self.lives.push(self.live);
         self.floors.push(self.floor);
         self.floor = self.live;
+        self.ageds.push(self.aged);
+        self.aged_deaths_at.push(self.aged_deaths);
+        // The oldest young interval comes of age.
+        self.aged += self.young.pop_back().unwrap_or(0);
+        self.young.push_front(0);
         let row = TypeRow {
             type_ptr,
             site,
@@ -95,7 +128,10 @@ impl Counters {
             interval_births: self.interval_births,
             interval_deaths: self.interval_deaths,
             rate_per_s: slope(times, &self.lives),
-            growing: keeps_growing(&self.floors, self.births),
+            growing: keeps_growing(&self.floors, self.births)
+                || ages_growing(&self.ageds, &self.aged_deaths_at),
+            aged: *self.ageds.last().unwrap_or(&0),
+            collected: self.collected,
             census: false,
             estimate: None,
             free_count_flat: false,
@@ -149,6 +185,11 @@ pub struct TypeRow {
     /// Least-squares slope of the live count over all snapshots, objects per second.
     pub rate_per_s: f64,
     pub growing: bool,
+    /// Live objects born at least `AGE_INTERVALS` whole intervals before this snapshot
+    /// (followed windows in sampled mode): churn has none, a leak piles them up.
+    pub aged: u64,
+    /// Deaths inside a collection of the cyclic GC: garbage only the collector frees.
+    pub collected: u64,
     /// A row from the census (all live objects of a type the probes cannot see on this
     /// build), not from births and deaths: `births`/`deaths` are unknown (0).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -173,6 +214,17 @@ pub const HIGHS_DEN: usize = 4;
 pub const MIN_NET_GROWTH: u64 = 10;
 pub const MIN_SURVIVING_PER_MILLE: u64 = 5;
 
+/// The second way to grow: by *aged survivors*, objects still alive `AGE_INTERVALS` whole
+/// intervals after the one they were born in. Churn never has any; a leak piles them up even
+/// when it is a tiny share of a hot line's births (the survival share above hides it) or
+/// comes in bursts (its floor stalls between them); a cache that has filled keeps their
+/// count flat (its aged entries die as fast as new ones age). A site grows this way when,
+/// after `MIN_INTERVALS + AGE_INTERVALS` intervals, its aged survivors rose by at least
+/// `MIN_NET_GROWTH` over the recent half of the snapshots while at most a tenth as many aged
+/// objects died there: aged survivors of a leak stay alive.
+pub const AGE_INTERVALS: usize = 2;
+pub const AGED_DEATHS_PER_GAIN_DEN: u64 = 10;
+
 impl Aggregator {
     pub fn new() -> Self {
         Aggregator {
@@ -185,17 +237,28 @@ impl Aggregator {
         self.objects.len()
     }
 
+    /// The interval births fall in now (0 = the first after attach).
+    fn interval(&self) -> u32 {
+        (self.times.len() - 1) as u32
+    }
+
     fn retire(&mut self, addr: u64) -> bool {
+        self.retire_as(addr, false)
+    }
+
+    fn retire_as(&mut self, addr: u64, in_gc: bool) -> bool {
+        let now = self.interval();
         match self.objects.remove(&addr) {
             Some(o) => {
+                let age = now.saturating_sub(o.interval);
                 self.types
                     .get_mut(&o.type_ptr)
                     .expect("live object of unknown type")
-                    .died(o.bytes);
+                    .died(o.bytes, age, in_gc);
                 self.sites
                     .get_mut(&(o.type_ptr, o.site))
                     .expect("live object of unknown site")
-                    .died(o.bytes);
+                    .died(o.bytes, age, in_gc);
                 true
             }
             None => false,
@@ -230,6 +293,7 @@ impl Aggregator {
                 type_ptr: b.type_ptr,
                 site: b.site,
                 epoch: self.epoch,
+                interval: self.interval(),
                 bytes: b.bytes,
                 preheader: b.preheader,
                 tag: 0,
@@ -286,7 +350,17 @@ impl Aggregator {
     /// starts at `addr`, is dead. Frees of anything else (buffers, objects born before
     /// attach) change nothing.
     pub fn free(&mut self, addr: u64) {
-        if self.retire(addr) {
+        self.free_as(addr, false);
+    }
+
+    /// `free`, inside a collection of the cyclic GC: the object was garbage only the
+    /// collector could reclaim (counted in its rows' `collected`).
+    pub fn free_in_gc(&mut self, addr: u64) {
+        self.free_as(addr, true);
+    }
+
+    fn free_as(&mut self, addr: u64, in_gc: bool) {
+        if self.retire_as(addr, in_gc) {
             return;
         }
         for k in crate::cpython::PREHEADER_SIZES {
@@ -295,7 +369,7 @@ impl Aggregator {
                 .get(&(addr + k))
                 .is_some_and(|o| o.preheader == k)
             {
-                self.retire(addr + k);
+                self.retire_as(addr + k, in_gc);
                 return;
             }
         }
@@ -375,6 +449,8 @@ impl CensusTrend {
                     since_first,
                 ),
                 growing: keeps_growing(since_first, 0),
+                aged: 0,
+                collected: 0,
                 census: true,
                 estimate: None,
                 free_count_flat: false,
@@ -396,6 +472,19 @@ fn order(a: &TypeRow, b: &TypeRow) -> std::cmp::Ordering {
         .then(b.live_bytes.cmp(&a.live_bytes))
         .then(a.name.cmp(&b.name))
         .then(a.site.cmp(&b.site))
+}
+
+/// The aged-survivor rule (see `AGE_INTERVALS`): `aged[i]` live aged objects and
+/// `aged_deaths[i]` aged deaths so far at snapshot `i` (index 0 = attach).
+pub fn ages_growing(aged: &[u64], aged_deaths: &[u64]) -> bool {
+    let n = aged.len().min(aged_deaths.len());
+    if n < 1 + MIN_INTERVALS + AGE_INTERVALS {
+        return false;
+    }
+    let (mid, last) = (n / 2, n - 1);
+    let gain = aged[last].saturating_sub(aged[mid]);
+    let died = aged_deaths[last].saturating_sub(aged_deaths[mid]);
+    gain >= MIN_NET_GROWTH && died * AGED_DEATHS_PER_GAIN_DEN <= gain
 }
 
 /// The growth rule (see the constants above), over the per-interval floors: a new high in
@@ -663,6 +752,176 @@ mod tests {
             ("Leak", 350, true, true)
         );
         assert!((rows[0].rate_per_s - 50.0).abs() < 1e-9);
+    }
+
+    /// One interval of a hot line: `churn` objects born and freed at site 2, and `keep` born
+    /// at site 1 that stay (addresses from `next`).
+    fn hot_interval(agg: &mut Aggregator, next: &mut u64, churn: u64, keep: u64) {
+        for i in 0..churn {
+            let a = 0x70_0000 + (i % 13) * 64;
+            agg.birth(
+                a,
+                Some(Birth {
+                    type_ptr: TMP,
+                    bytes: 64,
+                    preheader: 0,
+                    site: 2,
+                }),
+            );
+            agg.free(a);
+        }
+        for _ in 0..keep {
+            *next += 64;
+            agg.birth(
+                *next,
+                Some(Birth {
+                    type_ptr: TMP,
+                    bytes: 64,
+                    preheader: 0,
+                    site: 2,
+                }),
+            );
+        }
+    }
+
+    #[test]
+    fn test_a_slow_leak_on_a_hot_line_grows_by_its_aged_survivors() {
+        // GIVEN a line where 20,000 objects an interval are born and freed and 10 stay: 0.05%
+        // of its births, under the survival share the floor rule asks for
+        let mut agg = Aggregator::new();
+        let mut next = 0x100_0000;
+        let mut growing_at = None;
+        for s in 1..=12 {
+            hot_interval(&mut agg, &mut next, 20_000, 10);
+            let types = agg.snapshot(s as f64, &mut names).0;
+            let r = row(&types, "tmp");
+            assert!(r.live * 1000 < r.births * MIN_SURVIVING_PER_MILLE);
+            if r.growing && growing_at.is_none() {
+                growing_at = Some(s);
+            }
+        }
+        // THEN it is called growing once the aged survivors have had time to pile up, and the
+        // row counts them
+        let types = agg.snapshot(13.0, &mut names).0;
+        let r = row(&types, "tmp");
+        assert!(r.growing, "{r:?}");
+        assert_eq!(r.aged, 110, "born in intervals 0..=10, of 0..=12");
+        assert_eq!(
+            growing_at,
+            Some(MIN_INTERVALS + AGE_INTERVALS),
+            "as soon as there is the history the rule asks for"
+        );
+    }
+
+    #[test]
+    fn test_a_bursty_leak_stays_growing_between_its_bursts() {
+        // GIVEN a leak that leaks 200 objects an interval for two intervals, then rests two
+        let mut agg = Aggregator::new();
+        let mut next = 0x100_0000;
+        for s in 1..=14u64 {
+            let keep = if (s - 1) % 4 < 2 { 200 } else { 0 };
+            hot_interval(&mut agg, &mut next, 1_000, keep);
+            let types = agg.snapshot(s as f64, &mut names).0;
+            let r = row(&types, "tmp");
+            // THEN once there is history it is growing at every snapshot, quiet ones too
+            if s >= 7 {
+                assert!(r.growing, "snapshot {s}: {r:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn test_a_cache_that_filled_is_not_growing_by_its_aged_entries() {
+        // GIVEN an LRU cache of 1,000 entries filled over two intervals, then evicting its
+        // oldest 100 and inserting 100 new ones every interval, beside churn
+        let mut agg = Aggregator::new();
+        let mut cache: VecDeque<u64> = VecDeque::new();
+        let mut next = 0x100_0000;
+        for s in 1..=16 {
+            hot_interval(&mut agg, &mut next, 1_000, 0);
+            let add = if s <= 2 { 500 } else { 100 };
+            for _ in 0..add {
+                if cache.len() == 1000 {
+                    agg.free(cache.pop_front().unwrap());
+                }
+                next += 64;
+                agg.birth(
+                    next,
+                    Some(Birth {
+                        type_ptr: LEAK,
+                        bytes: 64,
+                        preheader: 0,
+                        site: 1,
+                    }),
+                );
+                cache.push_back(next);
+            }
+            let types = agg.snapshot(s as f64, &mut names).0;
+            // THEN from the end of the fill on, it is never called growing
+            let r = row(&types, "Leak");
+            if s > 2 {
+                assert!(!r.growing, "snapshot {s}: {r:?}");
+            }
+            assert!(!row(&types, "tmp").growing);
+        }
+    }
+
+    #[test]
+    fn test_deaths_inside_a_collection_are_counted_as_collected() {
+        let mut agg = Aggregator::new();
+        for i in 0..10u64 {
+            agg.birth(0x1000 + i * 64, b(TMP, 16));
+        }
+        for i in 0..6u64 {
+            agg.free_in_gc(0x1000 + i * 64 - 16); // by block, as pymalloc sees it
+        }
+        agg.free(0x1000 + 6 * 64);
+        let (types, sites) = agg.snapshot(1.0, &mut names);
+        let (t, s) = (row(&types, "tmp"), &sites[0]);
+        assert_eq!((t.live, t.deaths, t.collected), (3, 7, 6));
+        assert_eq!((s.deaths, s.collected), (7, 6));
+    }
+
+    #[test]
+    fn aged_rule_cases() {
+        // (aged survivors, aged deaths so far, growing)
+        let cases: &[(&[u64], &[u64], bool, &str)] = &[
+            (&[0, 0, 0, 10, 20, 30, 40], &[0; 7], true, "steady"),
+            (&[0, 0, 0, 10, 20, 30], &[0; 6], false, "too few intervals"),
+            (
+                &[0, 0, 0, 0, 0, 0, 0, 0],
+                &[0; 8],
+                false,
+                "churn: none ever aged",
+            ),
+            (
+                &[0, 0, 0, 800, 800, 800, 800, 800],
+                &[0, 0, 0, 0, 100, 200, 300, 400],
+                false,
+                "a full cache: flat, its aged entries die",
+            ),
+            (
+                &[0, 0, 0, 200, 400, 400, 400, 600, 800],
+                &[0; 9],
+                true,
+                "bursts",
+            ),
+            (
+                &[0, 0, 0, 100, 200, 300, 400, 500],
+                &[0, 0, 0, 0, 100, 200, 300, 400],
+                false,
+                "as many aged die as age: turnover, not a leak",
+            ),
+            (
+                &[0, 0, 0, 1, 2, 3, 4, 5, 6],
+                &[0; 9],
+                false,
+                "too small to matter",
+            ),
+        ];
+        for &(aged, deaths, want, name) in cases {
+            assert_eq!(ages_growing(aged, deaths), want, "{name}");
+        }
     }
 
     #[test]

@@ -383,7 +383,11 @@ mod tests {
         c.book(0.2, 0.2, 0.0);
         c.book(10.0, 0.0, 0.0);
         c.charge(0.06); // a detach stalled the target 60 ms: 1 s of work at 6%
-        assert!((c.gap_s() - 0.06 / (0.10 * AIM)).abs() < 1e-9, "{}", c.gap_s());
+        assert!(
+            (c.gap_s() - 0.06 / (0.10 * AIM)).abs() < 1e-9,
+            "{}",
+            c.gap_s()
+        );
         assert!((c.state(10.2).estimated_overhead - 0.06 / (10.2 - 0.06)).abs() < 1e-9);
     }
 

@@ -319,5 +319,6 @@ pub fn stack_config(
         frame_read: read,
         timing: timing as u64,
         walk_filter: 0,
+        gc_collecting: 0,
     })
 }

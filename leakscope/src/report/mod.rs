@@ -19,6 +19,8 @@ pub struct SiteReport {
     pub deaths: u64,
     pub rate_per_s: f64,
     pub growing: bool,
+    /// Live objects older than `aggregate::AGE_INTERVALS` intervals (aged survivors).
+    pub aged: u64,
     /// Innermost frame first.
     pub frames: Vec<Frame>,
     /// The stack was cut (deeper than the walk goes, or a frame was unreadable).
@@ -26,6 +28,20 @@ pub struct SiteReport {
     /// Sampled mode: the counts scaled to the whole trace.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub estimate: Option<Estimate>,
+}
+
+/// A site whose objects died inside collections of the cyclic GC: garbage cycles (or
+/// what they held), freed only by the collector. Not a leak; each costs collection time.
+#[derive(Clone, Debug, Serialize)]
+pub struct CycleSite {
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub births: u64,
+    /// Deaths inside a collection.
+    pub collected: u64,
+    /// Innermost frame first.
+    pub frames: Vec<Frame>,
+    pub truncated: bool,
 }
 
 /// Sampled mode: what re-reading followed objects between windows found.
@@ -159,6 +175,9 @@ pub struct Report {
     pub allocator_error: Option<String>,
     /// Allocation sites, growing ones first (at most `--top`).
     pub sites: Vec<SiteReport>,
+    /// Sites whose objects the cyclic collector freed, most collected first (at most
+    /// `--top`).
+    pub cycles: Vec<CycleSite>,
     pub live_objects: u64,
     pub ignored_births: u64,
     pub lost: Losses,
@@ -332,6 +351,7 @@ pub fn text(report: &Report, top: usize) -> String {
     }
     free_signals_text(&mut s, report);
     sites_text(&mut s, report);
+    cycles_text(&mut s, report);
     if let Some(f) = &report.followed {
         let _ = writeln!(
             s,
@@ -522,9 +542,14 @@ fn sites_text(s: &mut String, report: &Report) {
             ),
             None => writeln!(
                 s,
-                "▲ {} · {} live · {} · {:.1}/s",
+                "▲ {} · {} live{} · {} · {:.1}/s",
                 site.type_name,
                 thousands(site.live),
+                if site.aged > 0 {
+                    format!(" ({} aged)", thousands(site.aged))
+                } else {
+                    String::new()
+                },
                 human_bytes(site.live_bytes),
                 site.rate_per_s
             ),
@@ -548,6 +573,31 @@ fn sites_text(s: &mut String, report: &Report) {
                     if t { " (truncated)" } else { "" }
                 );
             }
+        }
+    }
+}
+
+fn cycles_text(s: &mut String, report: &Report) {
+    if report.cycles.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "  FREED ONLY BY THE CYCLIC COLLECTOR (garbage cycles: not leaks; each costs collection time)"
+    );
+    for c in &report.cycles {
+        let _ = writeln!(
+            s,
+            "↻ {} · {} collected of {} born",
+            c.type_name,
+            thousands(c.collected),
+            thousands(c.births)
+        );
+        for f in c.frames.iter().take(SITE_FRAMES) {
+            let _ = writeln!(s, "      {}", f.label());
+        }
+        if c.frames.is_empty() {
+            let _ = writeln!(s, "      [no Python stack]");
         }
     }
 }
@@ -592,6 +642,8 @@ mod tests {
             interval_deaths: 0,
             rate_per_s: live as f64 / 10.0,
             growing,
+            aged: 0,
+            collected: 0,
             census: false,
             estimate: None,
             free_count_flat: false,
@@ -639,6 +691,7 @@ mod tests {
                 deaths: 0,
                 rate_per_s: 2000.0,
                 growing: true,
+                aged: 16000,
                 frames: vec![
                     Frame {
                         function: "level3".into(),
@@ -653,6 +706,17 @@ mod tests {
                 ],
                 truncated: false,
                 estimate: None,
+            }],
+            cycles: vec![CycleSite {
+                type_name: "__main__.Node".into(),
+                births: 5000,
+                collected: 4990,
+                frames: vec![Frame {
+                    function: "make_pair".into(),
+                    file: "app.py".into(),
+                    line: Some(12),
+                }],
+                truncated: false,
             }],
             live_objects: 20012,
             ignored_births: 0,
@@ -720,9 +784,12 @@ mod tests {
   dict                                              12       768 B         100           0        1.2
   gone                                               0         0 B         100           0        0.0
   GROWING ALLOCATION SITES (innermost frame first)
-▲ __main__.Leak · 20,000 live · 1.2 MiB · 2000.0/s
+▲ __main__.Leak · 20,000 live (16,000 aged) · 1.2 MiB · 2000.0/s
       level3 (app.py:7)
       <module> (app.py:20)
+  FREED ONLY BY THE CYCLIC COLLECTOR (garbage cycles: not leaks; each costs collection time)
+↻ __main__.Node · 4,990 collected of 5,000 born
+      make_pair (app.py:12)
   lost: 0 events (ring buffer full) · 0 unreadable objects · 0 unreadable types
 ";
         assert_eq!(got, want);

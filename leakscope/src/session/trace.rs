@@ -17,7 +17,7 @@ use crate::resolve::follow::{self, Verdict, Why};
 use crate::resolve::{symbols::Symbolizer, types::Resolver};
 use crate::target::{Process, interpreter::Interpreter};
 use anyhow::{Context, Result, bail};
-use leakscope_common::{EVENT_BIRTH, EVENT_FREE, Event, RawStack};
+use leakscope_common::{EVENT_BIRTH, EVENT_FREE, Event, FREE_IN_GC, RawStack};
 use std::time::{Duration, Instant};
 
 /// Most events taken from the ring buffer per turn of the loop. Between two batches the
@@ -50,6 +50,7 @@ impl Pipeline {
         for e in events {
             match e.kind {
                 EVENT_BIRTH => self.birth(e, stack),
+                EVENT_FREE if e.type_ptr & FREE_IN_GC != 0 => self.agg.free_in_gc(e.addr),
                 EVENT_FREE => self.agg.free(e.addr),
                 _ => self.unknown_events += 1,
             }
@@ -135,12 +136,19 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
             code_type,
         ))
     });
+    // Frees inside a collection are flagged (the "cycles" section): the free programs read
+    // the main interpreter's `gc.collecting`.
+    let mut kernel_config = stack_config.unwrap_or_default();
+    kernel_config.gc_collecting = Heap::of(&process, &interp)
+        .ok()
+        .and_then(|h| h.gc_collecting_addr())
+        .unwrap_or(0);
     let mut tracer = Tracer::load(
         &plan,
         process.pid,
         &AttachOptions {
             stats: cfg.stats,
-            stack_config: stack_config.unwrap_or_default(),
+            stack_config: kernel_config,
             verbose: cfg.verbose,
         },
     )?;
@@ -362,6 +370,8 @@ const EXACT_CHECK_S: f64 = budget::MEASURE_S;
 /// `DISCOVERY_EVERY`th; in the others only those of types whose objects survive.
 const DISCOVERY_WINDOWS: u32 = 3;
 const DISCOVERY_EVERY: u32 = 4;
+/// Fewest deaths inside collections for a site to be listed under cycles.
+const MIN_COLLECTED: u64 = 10;
 /// Most time spent taking what is queued when a window closes (then the rest waits).
 const CLOSE_DRAIN: Duration = Duration::from_millis(500);
 
@@ -848,9 +858,32 @@ impl Session<'_> {
                     deaths: r.deaths,
                     rate_per_s: r.rate_per_s,
                     growing: r.growing,
+                    aged: r.aged,
                     frames: site.frames.clone(),
                     truncated: site.truncated,
                     estimate: r.estimate,
+                }
+            })
+            .collect();
+        // Garbage cycles: sites where a tenth of the deaths, and at least a few, came inside
+        // collections (a full collection also frees the freelists' dead objects, a few of any
+        // type: not cycles).
+        let mut collected: Vec<&TypeRow> = site_rows
+            .iter()
+            .filter(|r| r.collected >= MIN_COLLECTED && r.collected * 10 >= r.deaths)
+            .collect();
+        collected.sort_by(|a, b| b.collected.cmp(&a.collected).then(a.site.cmp(&b.site)));
+        let cycles: Vec<report::CycleSite> = collected
+            .into_iter()
+            .take(cfg.top)
+            .map(|r| {
+                let site = sites.get(r.site);
+                report::CycleSite {
+                    type_name: r.name.clone(),
+                    births: r.births,
+                    collected: r.collected,
+                    frames: site.frames.clone(),
+                    truncated: site.truncated,
                 }
             })
             .collect();
@@ -921,6 +954,7 @@ impl Session<'_> {
             allocator_classes,
             allocator_error,
             sites: site_reports,
+            cycles,
             live_objects: agg.live_objects() as u64,
             ignored_births: agg.ignored_births,
             lost: report::Losses {

@@ -4,7 +4,9 @@
 //! one that cannot run fails.
 mod allocator;
 mod census;
+mod cycles;
 mod errors;
+mod growth;
 mod overhead;
 mod sites;
 mod support;
