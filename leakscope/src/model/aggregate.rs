@@ -107,6 +107,14 @@ impl Counters {
         self.interval_deaths += 1;
     }
 
+    /// Merges the history's neighbouring snapshots two into one (see `MAX_SNAPSHOTS`).
+    fn halve(&mut self) {
+        halve(&mut self.lives, |_, b| b);
+        halve(&mut self.floors, u64::min);
+        halve(&mut self.ageds, |_, b| b);
+        halve(&mut self.aged_deaths_at, |_, b| b);
+    }
+
     /// Closes the interval: records live count and floor, returns the row, resets.
     fn close(&mut self, type_ptr: u64, site: u32, name: String, times: &[f64]) -> TypeRow {
         self.lives.push(self.live);
@@ -165,6 +173,8 @@ pub struct Aggregator {
     epoch: u32,
     /// Followed objects found dead by reading their memory (sampled mode).
     pub found_dead: u64,
+    /// Intervals closed so far (the history in `times` may be merged; this is not).
+    closed: u32,
 }
 
 /// One row of a report: a type's (or a type's at one site) state at a snapshot.
@@ -239,7 +249,7 @@ impl Aggregator {
 
     /// The interval births fall in now (0 = the first after attach).
     fn interval(&self) -> u32 {
-        (self.times.len() - 1) as u32
+        self.closed
     }
 
     fn retire(&mut self, addr: u64) -> bool {
@@ -397,6 +407,13 @@ impl Aggregator {
             .iter_mut()
             .map(|(&(t, site), c)| c.close(t, site, name(t), times))
             .collect();
+        self.closed += 1;
+        if self.times.len() > MAX_SNAPSHOTS {
+            halve(&mut self.times, |_, b| b);
+            for c in self.types.values_mut().chain(self.sites.values_mut()) {
+                c.halve();
+            }
+        }
         types.sort_by(order);
         sites.sort_by(order);
         (types, sites)
@@ -506,6 +523,30 @@ pub fn keeps_growing(floors: &[u64], births: u64) -> bool {
     highs * HIGHS_DEN >= intervals * HIGHS_NUM
         && net >= MIN_NET_GROWTH
         && net * 1000 >= births * MIN_SURVIVING_PER_MILLE
+}
+
+/// Most snapshots of history a row keeps. Past it, neighbouring snapshots are merged two
+/// into one: a floor becomes the lower of the two, every other series keeps the later value.
+/// So a day-long trace holds about as much per row as a short one, and its rules judge the
+/// same shape at a coarser grain (at `--interval 5`, after 85 minutes).
+pub const MAX_SNAPSHOTS: usize = 1024;
+
+/// Merges `v[1..]` pairwise with `merge` (an odd last element stays); `v[0]`, the attach,
+/// stays.
+fn halve<T: Copy>(v: &mut Vec<T>, merge: impl Fn(T, T) -> T) {
+    let Some(&first) = v.first() else {
+        return;
+    };
+    let mut out = Vec::with_capacity(v.len() / 2 + 1);
+    out.push(first);
+    for pair in v[1..].chunks(2) {
+        out.push(match pair {
+            [a, b] => merge(*a, *b),
+            [a] => *a,
+            _ => unreachable!(),
+        });
+    }
+    *v = out;
 }
 
 /// Least-squares slope of `ys` over `xs` (objects per second).
@@ -880,6 +921,50 @@ mod tests {
         let (t, s) = (row(&types, "tmp"), &sites[0]);
         assert_eq!((t.live, t.deaths, t.collected), (3, 7, 6));
         assert_eq!((s.deaths, s.collected), (7, 6));
+    }
+
+    #[test]
+    fn test_a_long_trace_keeps_a_bounded_history_and_its_verdicts() {
+        // GIVEN 3,000 one-second intervals: a steady leak of 10 a second, and churn
+        let mut agg = Aggregator::new();
+        let mut next = 0x100_0000;
+        let mut last = (vec![], vec![]);
+        for s in 1..=3000u64 {
+            hot_interval(&mut agg, &mut next, 20, 0);
+            for _ in 0..10 {
+                next += 64;
+                agg.birth(next, b(LEAK, 0));
+            }
+            last = agg.snapshot(s as f64, &mut names);
+            // THEN the history never passes its bound
+            assert!(agg.times.len() <= MAX_SNAPSHOTS, "{}", agg.times.len());
+        }
+        // THEN the leak is still growing at its rate, with its aged survivors, and the churn
+        // is not
+        let leak = row(&last.0, "Leak");
+        assert!(leak.growing, "{leak:?}");
+        assert!((leak.rate_per_s - 10.0).abs() < 0.1, "{leak:?}");
+        assert_eq!(leak.aged, 10 * (3000 - 2));
+        assert!(!row(&last.0, "tmp").growing);
+        let c = &agg.types[&LEAK];
+        assert_eq!(c.lives.len(), agg.times.len());
+        assert_eq!(c.floors.len(), agg.times.len());
+        // ... and ages stay right across merges: an old object's death is an aged death
+        agg.free(0x100_0000 + 64 * 21);
+        assert_eq!(
+            agg.types[&LEAK].aged_deaths + agg.types[&TMP].aged_deaths,
+            1
+        );
+    }
+
+    #[test]
+    fn halving_keeps_the_attach_and_merges_pairs() {
+        let mut v = vec![0u64, 5, 3, 7, 9, 4];
+        halve(&mut v, u64::min);
+        assert_eq!(v, [0, 3, 7, 4]);
+        let mut v = vec![0.0f64, 1.0, 2.0, 3.0];
+        halve(&mut v, |_, b| b);
+        assert_eq!(v, [0.0, 2.0, 3.0]);
     }
 
     #[test]
