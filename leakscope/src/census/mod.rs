@@ -4,6 +4,7 @@
 //! not hold.
 #[cfg(test)]
 pub(crate) mod fake;
+pub mod graph;
 pub mod pymalloc;
 pub mod series;
 pub mod walker;

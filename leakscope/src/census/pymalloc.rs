@@ -266,6 +266,21 @@ impl Allocator {
 
     /// One census of the allocator.
     pub fn walk(&self, resolver: &mut Resolver) -> AllocatorCensus {
+        self.walk_into(resolver, None)
+    }
+
+    /// `walk`, also returning (object, type) of every block that holds an object.
+    pub fn walk_objects(&self, resolver: &mut Resolver) -> (AllocatorCensus, Vec<(u64, u64)>) {
+        let mut objects = vec![];
+        let census = self.walk_into(resolver, Some(&mut objects));
+        (census, objects)
+    }
+
+    fn walk_into(
+        &self,
+        resolver: &mut Resolver,
+        mut objects: Option<&mut Vec<(u64, u64)>>,
+    ) -> AllocatorCensus {
         let l = self.layout;
         let mut census = AllocatorCensus {
             classes: (0..obmalloc::SIZE_CLASSES as u32)
@@ -323,9 +338,14 @@ impl Allocator {
                             census.stats.torn_blocks += count;
                         }
                         Some(Ok(None)) => census.stats.empty_pools += 1,
-                        Some(Ok(Some(live))) => {
-                            self.count_pool(&buf, &live, &mut types, &mut census)
-                        }
+                        Some(Ok(Some(live))) => self.count_pool(
+                            &buf,
+                            p,
+                            &live,
+                            &mut types,
+                            &mut census,
+                            objects.as_deref_mut(),
+                        ),
                     }
                 }
             }
@@ -336,9 +356,11 @@ impl Allocator {
     fn count_pool(
         &self,
         buf: &[u8],
+        pool: u64,
         live: &Live,
         types: &mut TypeCheck,
         census: &mut AllocatorCensus,
+        mut objects: Option<&mut Vec<(u64, u64)>>,
     ) {
         let size = obmalloc::block_size(live.szidx);
         let class = &mut census.classes[live.szidx as usize];
@@ -356,6 +378,10 @@ impl Allocator {
             match types.object_in(&buf[at..at + size as usize]) {
                 Some(t) => {
                     census.stats.objects += 1;
+                    if let Some(o) = objects.as_deref_mut() {
+                        let pre = types.type_flags(t).map_or(0, |f| cpython::preheader_size(self.version, f));
+                        o.push((pool + at as u64 + pre, t));
+                    }
                     let e = census.types.entry(t).or_default();
                     e.0 += 1;
                     e.1 += size;

@@ -138,6 +138,10 @@ pub struct Walker<'a> {
     version: cpython::Version,
     /// Values bytes per heap type (from its shared keys), read once per census.
     values: HashMap<u64, u64>,
+    /// With `collecting`: every validated object met, and its type (for `census::graph`).
+    objects: Option<Vec<(u64, u64)>>,
+    /// The `gc.garbage` lists met.
+    garbage_lists: Vec<u64>,
 }
 
 impl<'a> Walker<'a> {
@@ -158,7 +162,24 @@ impl<'a> Walker<'a> {
             valid_types: HashMap::new(),
             version,
             values: HashMap::new(),
+            objects: None,
+            garbage_lists: vec![],
         }
+    }
+
+    /// Also keep every validated object and its type (`objects`).
+    pub fn collecting(mut self) -> Self {
+        self.objects = Some(vec![]);
+        self
+    }
+
+    /// After `run` with `collecting`: (object, type) of every validated object, and the
+    /// `gc.garbage` lists.
+    pub fn take_objects(&mut self) -> (Vec<(u64, u64)>, Vec<u64>) {
+        (
+            self.objects.take().unwrap_or_default(),
+            std::mem::take(&mut self.garbage_lists),
+        )
     }
 
     /// Bytes of an instance's values array (3.11/3.12) or inline values (3.13) for type `t`.
@@ -381,6 +402,9 @@ impl<'a> Walker<'a> {
                         let e = census.types.entry(ob_type).or_default();
                         e.0 += 1;
                         e.1 += bytes;
+                        if let Some(objects) = &mut self.objects {
+                            objects.push((g + cpython::GC_HEAD_SIZE, ob_type));
+                        }
                     } else {
                         census.stats.skipped_invalid += 1;
                     }
@@ -428,6 +452,7 @@ impl<'a> Walker<'a> {
         if list == 0 {
             return;
         }
+        self.garbage_lists.push(list);
         let (Ok(n), Ok(items)) = (
             self.mem.u64(list + cpython::LIST_SIZE),
             self.mem.u64(list + cpython::LIST_ITEMS),

@@ -49,3 +49,60 @@ pub const GENERAL_ENTRY_KEY: u64 = 8;
 /// `sizeof(PyDictUnicodeEntry)` `{me_key, me_value}` (3.11+) and where its key is.
 pub const UNICODE_ENTRY: u64 = 16;
 pub const UNICODE_ENTRY_KEY: u64 = 0;
+
+/// `PyDictObject.ma_values`: a split dict's values (NULL for a combined one).
+pub const MA_VALUES: u64 = 40;
+
+/// A 3.11+ key table's entries: (first entry, `dk_nentries`, entry size, key offset).
+pub fn entries_311(mem: &dyn crate::target::Memory, keys: u64) -> Option<(u64, u64, u64, u64)> {
+    let mut h = [0u8; 3];
+    mem.read(keys + DK_LOG2_SIZE, &mut h).ok()?;
+    let (log2_index_bytes, kind) = (h[1], h[2]);
+    if log2_index_bytes > 40 {
+        return None;
+    }
+    let n = mem.u64(keys + DK_NENTRIES_311).ok()?;
+    if n > 1 << 24 {
+        return None;
+    }
+    let entries = keys + DK_INDICES_311 + (1u64 << log2_index_bytes);
+    Some(if kind == DK_KIND_GENERAL {
+        (entries, n, GENERAL_ENTRY, GENERAL_ENTRY_KEY)
+    } else {
+        (entries, n, UNICODE_ENTRY, UNICODE_ENTRY_KEY)
+    })
+}
+
+/// A 3.11/3.12 dict's (key, value) pairs, deleted entries left out: a combined table's
+/// entries hold both (the value 8 bytes after the key); a split dict (`ma_values` set)
+/// takes its keys from the shared table and its values from `ma_values`, in entry order.
+pub fn items(mem: &dyn crate::target::Memory, v: super::Version, d: u64) -> Option<Vec<(u64, u64)>> {
+    if v.minor < 11 {
+        return None;
+    }
+    let keys = mem.u64(d + MA_KEYS).ok()?;
+    let values = mem.u64(d + MA_VALUES).ok()?;
+    let (entries, n, stride, key_at) = entries_311(mem, keys)?;
+    let mut buf = vec![0u8; (n * stride) as usize];
+    mem.read(entries, &mut buf).ok()?;
+    let w = |at: u64| u64::from_le_bytes(buf[at as usize..at as usize + 8].try_into().unwrap());
+    let mut split = vec![];
+    if values != 0 {
+        let mut vb = vec![0u8; (n * 8) as usize];
+        mem.read(values, &mut vb).ok()?;
+        split = vb.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+    }
+    Some(
+        (0..n)
+            .filter_map(|i| {
+                let key = w(i * stride + key_at);
+                let value = if values != 0 {
+                    split[i as usize]
+                } else {
+                    w(i * stride + key_at + 8)
+                };
+                (key != 0 && value != 0).then_some((key, value))
+            })
+            .collect(),
+    )
+}

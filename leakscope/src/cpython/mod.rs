@@ -20,6 +20,7 @@ pub mod gc;
 pub mod linetable;
 pub mod object;
 pub mod obmalloc;
+pub mod refs;
 pub mod strings;
 
 pub use debug_offsets::{DebugOffsets, debug_offsets_313, gc_layout_from, stack_layout_from};

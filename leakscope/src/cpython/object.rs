@@ -109,6 +109,10 @@ pub fn values_bytes(v: Version, size: u64) -> u64 {
     }
 }
 
+/// Where a managed-dict instance keeps its `__dict__` (3.11) or its tagged dict-or-values
+/// word (3.12): `op - 24`; 3.11 keeps its values pointer at `op - 32`.
+pub const MANAGED_DICT_AT: u64 = 24;
+
 /// What sits in the two pre-header words in front of a managed-dict object's `PyGC_Head`
 /// (`op-32`, `op-24`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -332,6 +332,30 @@ impl Aggregator {
             .collect()
     }
 
+    /// Up to `k` live objects of each site in `keys`, oldest first (an aged survivor says
+    /// more about a leak than one born a moment ago), for retention chains.
+    pub fn samples(&self, keys: &[(u64, u32)], k: usize) -> HashMap<(u64, u32), Vec<u64>> {
+        let mut picked: HashMap<(u64, u32), Vec<(u32, u64)>> =
+            keys.iter().map(|&key| (key, vec![])).collect();
+        for (&addr, o) in &self.objects {
+            if let Some(v) = picked.get_mut(&(o.type_ptr, o.site)) {
+                v.push((o.interval, addr));
+            }
+        }
+        picked
+            .into_iter()
+            .map(|(key, mut v)| {
+                v.sort_unstable();
+                (key, v.into_iter().take(k).map(|(_, a)| a).collect())
+            })
+            .collect()
+    }
+
+    /// The site of the live object at `addr`, if one is tracked there.
+    pub fn site_of(&self, addr: u64) -> Option<(u64, u32)> {
+        self.objects.get(&addr).map(|o| (o.type_ptr, o.site))
+    }
+
     /// Remembers what was read of the live object at `addr` (ignored if it is gone).
     pub fn set_tag(&mut self, addr: u64, tag: u64) {
         if let Some(o) = self.objects.get_mut(&addr) {

@@ -15,6 +15,8 @@ pub struct TypeInfo {
     pub heap: bool,
     /// Whether births of this type are counted (see `Resolver::new`'s `all_types`).
     pub tracked: bool,
+    /// A type object inside the interpreter image (a builtin, not a C extension's).
+    pub interpreter: bool,
     /// `tp_name` pointer when resolved; a change means the address now holds another type.
     tp_name: u64,
 }
@@ -97,6 +99,7 @@ impl Resolver {
             flags,
             heap,
             tracked: self.all_types || heap || !in_interpreter,
+            interpreter: in_interpreter,
             tp_name,
         })
     }

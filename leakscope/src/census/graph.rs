@@ -1,0 +1,186 @@
+//! The heap as a graph of references, read from outside, for retention chains: every object
+//! the GC lists hold (containers) and every object in pymalloc's pools (what the GC lists
+//! miss: C-extension objects without GC support, strings, floats...), and for each, what it
+//! refers to (`cpython::refs`). Kept as a reverse index: who refers to an object.
+//!
+//! The target runs while this is read (nothing is paused): an edge read here may be gone a
+//! moment later. `model::chains` confirms each chain it reports by reading its links again
+//! (`Graph::holds`).
+use super::{Allocator, Heap, Walker};
+use crate::cpython::refs::{self, Kind, RefLayout, TypeFacts, Via};
+use crate::model::chains::Node;
+use crate::resolve::types::Resolver;
+use crate::target::Memory;
+use hashbrown::{HashMap, HashSet};
+use std::time::Instant;
+
+/// Most edges kept (about 24 bytes each); past it the graph says it is bounded.
+pub const MAX_EDGES: u64 = 50_000_000;
+
+/// A type as the graph sees it.
+#[derive(Clone, Debug)]
+pub struct TypeNode {
+    pub name: String,
+    pub kind: Kind,
+    pub facts: TypeFacts,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct GraphStats {
+    /// Objects met in the GC lists and pymalloc's pools.
+    pub objects: u64,
+    /// References kept.
+    pub edges: u64,
+    /// Objects whose references came from a scan (no layout: C types, frames...).
+    pub scanned: u64,
+    /// Hit `MAX_EDGES` or a walk's own bound: chains may miss a referrer.
+    pub bounded: bool,
+    /// Wall time of the whole read, milliseconds.
+    pub ms: f64,
+}
+
+pub struct Graph {
+    layout: RefLayout,
+    objects: HashMap<u64, u64>,
+    referrers: HashMap<u64, Vec<(u64, Via)>>,
+    types: HashMap<u64, TypeNode>,
+    garbage: HashSet<u64>,
+    pub stats: GraphStats,
+}
+
+impl Graph {
+    /// Reads the heap once: the GC lists (`heap`), pymalloc's pools (`allocator`, when
+    /// found), then every container's references.
+    pub fn read(
+        layout: RefLayout,
+        heap: &Heap,
+        allocator: Option<&Allocator>,
+        resolver: &mut Resolver,
+        mem: &dyn Memory,
+    ) -> Graph {
+        let started = Instant::now();
+        let mut walker = Walker::new(heap, resolver).collecting();
+        let census = walker.run();
+        let (gc_objects, garbage) = walker.take_objects();
+        let mut bounded = census.stats.bounded;
+        let mut objects: HashMap<u64, u64> = gc_objects.into_iter().collect();
+        if let Some(a) = allocator {
+            let (c, blocks) = a.walk_objects(resolver);
+            bounded |= c.stats.bounded;
+            for (o, t) in blocks {
+                objects.entry(o).or_insert(t);
+            }
+        }
+        let mut g = Graph {
+            layout,
+            objects,
+            referrers: HashMap::new(),
+            types: HashMap::new(),
+            garbage: garbage.into_iter().collect(),
+            stats: GraphStats::default(),
+        };
+        let all: Vec<(u64, u64)> = g.objects.iter().map(|(&o, &t)| (o, t)).collect();
+        g.stats.objects = all.len() as u64;
+        for (o, t) in all {
+            if g.stats.edges >= MAX_EDGES {
+                bounded = true;
+                break;
+            }
+            let Some(facts) = g.type_node(t, resolver).map(|n| n.facts) else {
+                continue;
+            };
+            if facts.kind == Kind::Leaf {
+                continue;
+            }
+            if matches!(facts.kind, Kind::Scan { .. }) {
+                g.stats.scanned += 1;
+            }
+            let refs = {
+                let objects = &g.objects;
+                refs::referents(&g.layout, mem, o, t, facts, &|a| objects.contains_key(&a))
+            };
+            for (to, via) in refs {
+                g.referrers.entry(to).or_default().push((o, via));
+                g.stats.edges += 1;
+            }
+        }
+        g.stats.bounded = bounded;
+        g.stats.ms = started.elapsed().as_secs_f64() * 1e3;
+        g
+    }
+
+    fn type_node(&mut self, t: u64, resolver: &mut Resolver) -> Option<&TypeNode> {
+        if !self.types.contains_key(&t) {
+            let info = resolver.get(t)?;
+            let kind = refs::kind_of(&info.name, info.flags, info.heap, info.interpreter);
+            let node = TypeNode {
+                name: info.name.clone(),
+                kind,
+                facts: TypeFacts {
+                    kind,
+                    basicsize: info.basicsize,
+                    itemsize: info.itemsize,
+                    flags: info.flags,
+                },
+            };
+            self.types.insert(t, node);
+        }
+        self.types.get(&t)
+    }
+
+    /// Who refers to `addr`, and how.
+    pub fn referrers(&self, addr: u64) -> &[(u64, Via)] {
+        self.referrers.get(&addr).map_or(&[], Vec::as_slice)
+    }
+
+    /// The type of an object the walks met.
+    pub fn type_of(&self, addr: u64) -> Option<u64> {
+        self.objects.get(&addr).copied()
+    }
+
+    pub fn type_name(&self, t: u64) -> Option<&str> {
+        self.types.get(&t).map(|n| n.name.as_str())
+    }
+
+    pub fn node(&self, addr: u64) -> Node {
+        if self.garbage.contains(&addr) {
+            return Node::Garbage;
+        }
+        match self.type_of(addr).and_then(|t| self.types.get(&t)).map(|n| n.kind) {
+            Some(Kind::Module) => Node::Module,
+            Some(Kind::Type) => Node::Type,
+            Some(Kind::Scan { native: true }) => Node::Native,
+            _ => Node::Other,
+        }
+    }
+
+    /// Does `holder` still refer to `held` the same way? Read again, now.
+    pub fn holds(&self, mem: &dyn Memory, holder: u64, held: u64, via: Via) -> bool {
+        let Some(t) = self.type_of(holder) else {
+            return false;
+        };
+        let Some(node) = self.types.get(&t) else {
+            return false;
+        };
+        // Still the same object: its type pointer unchanged.
+        if mem.u64(holder + crate::cpython::OB_TYPE).ok() != Some(t) {
+            return false;
+        }
+        let objects = &self.objects;
+        refs::referents(&self.layout, mem, holder, t, node.facts, &|a| {
+            a == held || objects.contains_key(&a)
+        })
+        .into_iter()
+        .any(|(to, v)| to == held && v == via)
+    }
+}
+
+impl crate::model::chains::HeapView for Graph {
+    fn referrers(&self, addr: u64) -> &[(u64, Via)] {
+        Graph::referrers(self, addr)
+    }
+
+    fn node(&self, addr: u64) -> Node {
+        Graph::node(self, addr)
+    }
+}

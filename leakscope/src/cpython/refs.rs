@@ -1,0 +1,412 @@
+//! What an object holds: its referents, read from its layout in the target's memory, for
+//! the retention chains (`census::graph`). Reads only. Layouts are those of 3.11 and 3.12
+//! (DWARF of the pyenv builds, `ptype /o`; docs/cpython.md §12); other versions have no
+//! `RefLayout` and get no chains.
+//!
+//! Types with a layout here: tuple, list, dict (combined and split), set and frozenset,
+//! cell, bound method, function, module, type, and instances of Python classes (their
+//! managed values or `__dict__`, and the words of their body: `__slots__`). Everything else
+//! that can hold references (frames, generators, C-extension types, ...) is *scanned*: each
+//! word of its body that points at an object the caller knows is taken as a reference. A
+//! C-extension type's scanned references are what the collector may not see
+//! (`Via::Scanned`, reported "C-level holder, not traversed").
+use super::{MANAGED_DICT_AT, TPFLAGS_HAVE_GC, TPFLAGS_MANAGED_DICT, TPFLAGS_TYPE_SUBCLASS};
+use super::{Version, dict, ht_cached_keys};
+use crate::target::Memory;
+
+/// `PyTupleObject.ob_item` (inline items; `ob_size` of them).
+pub const TUPLE_ITEMS: u64 = 24;
+/// `PyListObject.ob_item` (a pointer to `ob_size` items).
+pub const LIST_ITEMS: u64 = super::LIST_ITEMS;
+/// `PySetObject.mask` and `.table` (`mask + 1` `setentry {key, hash}` of 16 bytes).
+pub const SET_MASK: u64 = 32;
+pub const SET_TABLE: u64 = 40;
+pub const SET_ENTRY: u64 = 16;
+/// `PyCellObject.ob_ref`.
+pub const CELL_REF: u64 = 16;
+/// `PyMethodObject.im_func`, `.im_self`.
+pub const METHOD_FUNC: u64 = 16;
+pub const METHOD_SELF: u64 = 24;
+/// `PyModuleObject.md_dict`.
+pub const MODULE_DICT: u64 = 16;
+/// `PyTypeObject.tp_dict`, `.tp_bases`, `.tp_mro` (3.11, 3.12; a 3.12 static builtin
+/// type keeps its dict in the interpreter, `tp_dict` is NULL).
+pub const TYPE_DICT: u64 = super::TP_DICT;
+pub const TYPE_BASES: u64 = 336;
+pub const TYPE_MRO: u64 = 344;
+/// `PyFunctionObject` fields that hold objects (same offsets in 3.11 and 3.12; 3.12 adds
+/// `func_typeparams` at 120).
+pub const FUNCTION_FIELDS: &[(u64, &str)] = &[
+    (16, "__globals__"),
+    (48, "__code__"),
+    (56, "__defaults__"),
+    (64, "__kwdefaults__"),
+    (72, "__closure__"),
+    (88, "__dict__"),
+    (104, "__module__"),
+    (112, "__annotations__"),
+];
+/// Words of a scanned body at most (a C type's struct; a frame's locals).
+pub const MAX_SCAN_BYTES: u64 = 4096;
+/// Items of one container read at most.
+pub const MAX_ITEMS: u64 = 1 << 20;
+
+/// How a referrer holds its referent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Via {
+    /// Item `i` of a tuple or list.
+    Item(u32),
+    /// A set's member.
+    Member,
+    /// A dict's key.
+    Key,
+    /// A dict's value, under the key object `key`.
+    Value { key: u64 },
+    /// An instance attribute (managed values), named by the key object `key`.
+    Attr { key: u64 },
+    /// A named field of a type with a layout (`im_self`, `__closure__`, ...).
+    Field(&'static str),
+    /// A word of a Python class instance's body (`__slots__`), at this offset.
+    Slot(u32),
+    /// A word of a body with no layout here, at this offset, that points at an object.
+    Scanned(u32),
+}
+
+/// What leakscope knows of a type's layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Holds no references (str, int, float, bytes, ...: the interpreter's own types
+    /// without GC support).
+    Leaf,
+    Tuple,
+    List,
+    Dict,
+    Set,
+    Cell,
+    Method,
+    Function,
+    Module,
+    Type,
+    /// An instance of a Python class (a heap type).
+    Instance,
+    /// No layout: scanned. `native`: a C extension's type (the collector may not see what
+    /// it holds); otherwise one of the interpreter's own (frames, generators, ...).
+    Scan { native: bool },
+}
+
+/// `kind` of a type from what the resolver read of it. `interpreter`: a static type of the
+/// interpreter image itself (not a C extension's).
+pub fn kind_of(name: &str, flags: u64, heap: bool, interpreter: bool) -> Kind {
+    if flags & TPFLAGS_TYPE_SUBCLASS != 0 {
+        return Kind::Type;
+    }
+    if heap {
+        return Kind::Instance;
+    }
+    if !interpreter {
+        return Kind::Scan { native: true };
+    }
+    match name {
+        "tuple" => Kind::Tuple,
+        "list" => Kind::List,
+        "dict" => Kind::Dict,
+        "set" | "frozenset" => Kind::Set,
+        "cell" => Kind::Cell,
+        "method" => Kind::Method,
+        "function" => Kind::Function,
+        "module" => Kind::Module,
+        _ if flags & TPFLAGS_HAVE_GC != 0 => Kind::Scan { native: false },
+        _ => Kind::Leaf,
+    }
+}
+
+/// The versions whose layouts are here.
+#[derive(Clone, Copy, Debug)]
+pub struct RefLayout {
+    version: Version,
+}
+
+impl RefLayout {
+    pub fn of(version: Version) -> Option<RefLayout> {
+        matches!((version.major, version.minor), (3, 11) | (3, 12)).then_some(RefLayout { version })
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+}
+
+/// The type facts `referents` needs.
+#[derive(Clone, Copy, Debug)]
+pub struct TypeFacts {
+    pub kind: Kind,
+    pub basicsize: u64,
+    pub itemsize: u64,
+    pub flags: u64,
+}
+
+fn word(buf: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(buf[at..at + 8].try_into().unwrap())
+}
+
+fn words(mem: &dyn Memory, addr: u64, n: u64) -> Option<Vec<u64>> {
+    let n = n.min(MAX_ITEMS);
+    let mut buf = vec![0u8; (n * 8) as usize];
+    mem.read(addr, &mut buf).ok()?;
+    Some((0..n as usize).map(|i| word(&buf, i * 8)).collect())
+}
+
+/// The object at `addr`'s references, as far as its layout (or a scan against `known`)
+/// tells. Null slots are left out; an unreadable part gives what was read before it.
+pub fn referents(
+    layout: &RefLayout,
+    mem: &dyn Memory,
+    addr: u64,
+    ob_type: u64,
+    t: TypeFacts,
+    known: &dyn Fn(u64) -> bool,
+) -> Vec<(u64, Via)> {
+    let mut out = vec![];
+    let mut push = |to: u64, via: Via| {
+        if to != 0 && to.is_multiple_of(8) {
+            out.push((to, via));
+        }
+    };
+    let field = |off: u64| mem.u64(addr + off).ok();
+    match t.kind {
+        Kind::Leaf => {}
+        Kind::Tuple => {
+            let n = field(super::OB_SIZE).unwrap_or(0);
+            if n <= MAX_ITEMS {
+                for (i, w) in words(mem, addr + TUPLE_ITEMS, n).unwrap_or_default().into_iter().enumerate() {
+                    push(w, Via::Item(i as u32));
+                }
+            }
+        }
+        Kind::List => {
+            let (n, items) = (field(super::OB_SIZE).unwrap_or(0), field(LIST_ITEMS).unwrap_or(0));
+            if n <= MAX_ITEMS && items != 0 {
+                for (i, w) in words(mem, items, n).unwrap_or_default().into_iter().enumerate() {
+                    push(w, Via::Item(i as u32));
+                }
+            }
+        }
+        Kind::Dict => {
+            for (k, v) in dict::items(mem, layout.version, addr).unwrap_or_default() {
+                push(k, Via::Key);
+                push(v, Via::Value { key: k });
+            }
+        }
+        Kind::Set => {
+            let (mask, table) = (field(SET_MASK).unwrap_or(0), field(SET_TABLE).unwrap_or(0));
+            if mask < MAX_ITEMS && table != 0 {
+                let all = words(mem, table, 2 * (mask + 1)).unwrap_or_default();
+                for pair in all.chunks(2) {
+                    // An empty slot is NULL, a deleted one `dummy` (a static object: never
+                    // an object the graph knows of, so `known` drops it).
+                    if known(pair[0]) {
+                        push(pair[0], Via::Member);
+                    }
+                }
+            }
+        }
+        Kind::Cell => push(field(CELL_REF).unwrap_or(0), Via::Field("cell_contents")),
+        Kind::Method => {
+            push(field(METHOD_FUNC).unwrap_or(0), Via::Field("__func__"));
+            push(field(METHOD_SELF).unwrap_or(0), Via::Field("__self__"));
+        }
+        Kind::Function => {
+            for &(off, name) in FUNCTION_FIELDS {
+                push(field(off).unwrap_or(0), Via::Field(name));
+            }
+        }
+        Kind::Module => push(field(MODULE_DICT).unwrap_or(0), Via::Field("__dict__")),
+        Kind::Type => {
+            push(field(TYPE_DICT).unwrap_or(0), Via::Field("__dict__"));
+            push(field(TYPE_BASES).unwrap_or(0), Via::Field("__bases__"));
+            push(field(TYPE_MRO).unwrap_or(0), Via::Field("__mro__"));
+        }
+        Kind::Instance => {
+            if t.flags & TPFLAGS_MANAGED_DICT != 0 {
+                let (values, dict) = managed(layout.version, mem, addr);
+                if let Some(d) = dict {
+                    push(d, Via::Field("__dict__"));
+                }
+                if let Some(values) = values {
+                    for (key, v) in instance_values(layout.version, mem, ob_type, values) {
+                        push(v, Via::Attr { key });
+                    }
+                }
+            }
+            // `__slots__` and a base's fields: the body's words that are objects.
+            for (off, w) in scan(mem, addr, t.basicsize, 0, 0, known) {
+                push(w, Via::Slot(off));
+            }
+        }
+        Kind::Scan { .. } => {
+            let n = if t.itemsize > 0 { field(super::OB_SIZE).unwrap_or(0) } else { 0 };
+            for (off, w) in scan(mem, addr, t.basicsize, t.itemsize, n, known) {
+                push(w, Via::Scanned(off));
+            }
+        }
+    }
+    out
+}
+
+/// The words of a body past its `PyObject` header (type pointer and refcount) that point
+/// at objects `known`.
+fn scan(
+    mem: &dyn Memory,
+    addr: u64,
+    basicsize: u64,
+    itemsize: u64,
+    ob_size: u64,
+    known: &dyn Fn(u64) -> bool,
+) -> Vec<(u32, u64)> {
+    let items = if ob_size <= MAX_ITEMS { itemsize * ob_size } else { 0 };
+    let size = ((basicsize + items) & !7).min(MAX_SCAN_BYTES);
+    let start = super::OB_TYPE + 8;
+    if size <= start {
+        return vec![];
+    }
+    let mut buf = vec![0u8; (size - start) as usize];
+    if mem.read(addr + start, &mut buf).is_err() {
+        return vec![];
+    }
+    (0..buf.len() / 8)
+        .map(|i| ((start + 8 * i as u64) as u32, word(&buf, 8 * i)))
+        .filter(|&(_, w)| w != addr && w != 0 && w.is_multiple_of(8) && known(w))
+        .collect()
+}
+
+/// A managed-dict instance's values array and materialized `__dict__` (docs/cpython.md §4):
+/// 3.11 values at −32, dict at −24; 3.12 one word at −24, `values | 1` or the dict.
+fn managed(v: Version, mem: &dyn Memory, addr: u64) -> (Option<u64>, Option<u64>) {
+    let m24 = mem.u64(addr - MANAGED_DICT_AT).unwrap_or(0);
+    match v.minor {
+        11 => {
+            let m32 = mem.u64(addr - MANAGED_DICT_AT - 8).unwrap_or(0);
+            ((m32 != 0).then_some(m32), (m24 != 0).then_some(m24))
+        }
+        _ if m24 & 1 == 1 => (Some(m24 - 1), None),
+        _ => (None, (m24 != 0).then_some(m24)),
+    }
+}
+
+/// (key, value) of an instance's values array: keys from its type's shared keys
+/// (`ht_cached_keys`, a table of `PyDictUnicodeEntry`), `dk_nentries` values.
+fn instance_values(v: Version, mem: &dyn Memory, ob_type: u64, values: u64) -> Vec<(u64, u64)> {
+    let Some(keys) = ht_cached_keys(v)
+        .and_then(|off| mem.u64(ob_type + off).ok())
+        .filter(|&k| k != 0)
+    else {
+        return vec![];
+    };
+    let Some((entries, n, stride, key_at)) = dict::entries_311(mem, keys) else {
+        return vec![];
+    };
+    let keys = words(mem, entries, n * stride / 8).unwrap_or_default();
+    let vals = words(mem, values, n).unwrap_or_default();
+    vals.into_iter()
+        .enumerate()
+        .filter(|&(_, val)| val != 0)
+        .map(|(i, val)| {
+            let k = keys.get(i * (stride / 8) as usize + (key_at / 8) as usize).copied();
+            (k.unwrap_or(0), val)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::FakeMemory;
+
+    const V: Version = Version {
+        major: 3,
+        minor: 11,
+        patch: 7,
+    };
+
+    fn facts(kind: Kind, basicsize: u64) -> TypeFacts {
+        TypeFacts {
+            kind,
+            basicsize,
+            itemsize: 0,
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn kinds_from_type_facts() {
+        let gc = TPFLAGS_HAVE_GC;
+        assert_eq!(kind_of("tuple", gc, false, true), Kind::Tuple);
+        assert_eq!(kind_of("str", 0, false, true), Kind::Leaf);
+        assert_eq!(kind_of("frame", gc, false, true), Kind::Scan { native: false });
+        assert_eq!(kind_of("list", 0, false, false), Kind::Scan { native: true }, "a C type named list");
+        assert_eq!(kind_of("Leak", gc, true, false), Kind::Instance);
+        assert_eq!(kind_of("Meta", TPFLAGS_TYPE_SUBCLASS, true, false), Kind::Type);
+        assert!(RefLayout::of(Version { major: 3, minor: 10, patch: 0 }).is_none());
+    }
+
+    #[test]
+    fn tuple_list_method_cell_referents() {
+        let m = FakeMemory::new();
+        let l = RefLayout::of(V).unwrap();
+        let none = |_| false;
+        // tuple (a, 0, b)
+        m.put_words(0x1000 + 16, &[3, 0xa0, 0, 0xb0]);
+        let r = referents(&l, &*m, 0x1000, 0, facts(Kind::Tuple, 24), &none);
+        assert_eq!(r, vec![(0xa0, Via::Item(0)), (0xb0, Via::Item(2))]);
+        // list of 2 at 0x3000
+        m.put_words(0x2000 + 16, &[2, 0x3000, 4]);
+        m.put_words(0x3000, &[0xc0, 0xd0]);
+        let r = referents(&l, &*m, 0x2000, 0, facts(Kind::List, 40), &none);
+        assert_eq!(r, vec![(0xc0, Via::Item(0)), (0xd0, Via::Item(1))]);
+        m.put_words(0x4000 + 16, &[0xe0, 0xf0]);
+        let r = referents(&l, &*m, 0x4000, 0, facts(Kind::Method, 48), &none);
+        assert_eq!(r, vec![(0xe0, Via::Field("__func__")), (0xf0, Via::Field("__self__"))]);
+        m.put_words(0x5000 + 16, &[0x1a8]);
+        let r = referents(&l, &*m, 0x5000, 0, facts(Kind::Cell, 24), &none);
+        assert_eq!(r, vec![(0x1a8, Via::Field("cell_contents"))]);
+    }
+
+    #[test]
+    fn a_scan_keeps_only_words_that_are_known_objects() {
+        let m = FakeMemory::new();
+        let l = RefLayout::of(V).unwrap();
+        // A C struct {HEAD; PyObject *ref; long n; void *buf}: only `ref` is an object.
+        m.put_words(0x6000, &[1, 0x7777_0000, 0x8000, 12345, 0x9000]);
+        let known = |a: u64| a == 0x8000;
+        let r = referents(&l, &*m, 0x6000, 0x7777_0000, facts(Kind::Scan { native: true }, 40), &known);
+        assert_eq!(r, vec![(0x8000, Via::Scanned(16))]);
+    }
+
+    #[test]
+    fn managed_values_of_an_instance_are_named_by_the_shared_keys() {
+        let m = FakeMemory::new();
+        let l = RefLayout::of(V).unwrap();
+        let (obj, ty, keys, values) = (0x10_020u64, 0x20_000u64, 0x30_000u64, 0x40_000u64);
+        m.put_words(ty + ht_cached_keys(V).unwrap(), &[keys]);
+        // shared keys: log2 size 3, index bytes 2^3, unicode kind, 2 entries
+        m.put_words(keys, &[1]);
+        m.put_bytes(keys + dict::DK_LOG2_SIZE, &[3, 3, 1, 0]);
+        m.put_words(keys + dict::DK_USABLE, &[3, 2]);
+        let entries = keys + dict::DK_INDICES_311 + 8;
+        m.put_words(entries, &[0xaa0, 0, 0xbb0, 0]);
+        m.put_words(values, &[0x1110, 0x2220]);
+        // pre-header: values at -32, no dict at -24; header: refcnt, type
+        m.put_words(obj - 32, &[values, 0, 0, 0, 1, ty]);
+        let t = TypeFacts {
+            kind: Kind::Instance,
+            basicsize: 16,
+            itemsize: 0,
+            flags: TPFLAGS_MANAGED_DICT | TPFLAGS_HAVE_GC,
+        };
+        let r = referents(&l, &*m, obj, ty, t, &|_| false);
+        assert_eq!(
+            r,
+            vec![(0x1110, Via::Attr { key: 0xaa0 }), (0x2220, Via::Attr { key: 0xbb0 })]
+        );
+    }
+}
