@@ -1,4 +1,4 @@
-/* A tiny C extension for leakscope's tests: two static types allocated the way C
+/* A tiny C extension for leakscope's tests: three static types allocated the way C
  * extensions do it, through the exported API (PyObject_New / PyObject_GC_New), i.e.
  * through this module's PLT. Built by the tests with the target interpreter's headers. */
 #define PY_SSIZE_T_CLEAN
@@ -50,7 +50,36 @@ static PyObject *node(PyObject *mod, PyObject *arg) {
     return (PyObject *)n;
 }
 
+/* A C-level holder: no GC support, so the collector never sees the reference it keeps (a
+ * callback, say). Holding its owner's bound method makes a cycle the collector cannot
+ * break: owner -> handle -> bound method -> owner. */
+typedef struct { PyObject_HEAD PyObject *callback; long id; } Handle;
+
+static void handle_dealloc(Handle *self) {
+    Py_XDECREF(self->callback);
+    PyObject_Free(self);
+}
+
+static PyTypeObject HandleType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "leakext.Handle",
+    .tp_basicsize = sizeof(Handle),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)handle_dealloc,
+};
+
+static PyObject *handle(PyObject *mod, PyObject *callback) {
+    static long next_id = 0;
+    Handle *h = PyObject_New(Handle, &HandleType);
+    if (!h) return NULL;
+    Py_INCREF(callback);
+    h->callback = callback;
+    h->id = next_id++;
+    return (PyObject *)h;
+}
+
 static PyMethodDef methods[] = {
+    {"handle", handle, METH_O, "A new leakext.Handle keeping callback (no GC support)."},
     {"blob", blob, METH_O, "A new leakext.Blob (PyObject_New)."},
     {"node", node, METH_O, "A new leakext.Node holding arg (PyObject_GC_New)."},
     {NULL, NULL, 0, NULL},
@@ -59,6 +88,8 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "leakext", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit_leakext(void) {
-    if (PyType_Ready(&BlobType) < 0 || PyType_Ready(&NodeType) < 0) return NULL;
+    if (PyType_Ready(&BlobType) < 0 || PyType_Ready(&NodeType) < 0 ||
+        PyType_Ready(&HandleType) < 0)
+        return NULL;
     return PyModule_Create(&module);
 }

@@ -50,11 +50,14 @@ pub struct Graph {
 
 impl Graph {
     /// Reads the heap once: the GC lists (`heap`), pymalloc's pools (`allocator`, when
-    /// found), then every container's references.
+    /// found), and `tracked` (objects the probes saw born and are still alive: on a build
+    /// without the allocator census, the only way to meet a C type's object without GC
+    /// support), then every container's references.
     pub fn read(
         layout: RefLayout,
         heap: &Heap,
         allocator: Option<&Allocator>,
+        tracked: &[(u64, u64)],
         resolver: &mut Resolver,
         mem: &dyn Memory,
     ) -> Graph {
@@ -68,6 +71,12 @@ impl Graph {
             let (c, blocks) = a.walk_objects(resolver);
             bounded |= c.stats.bounded;
             for (o, t) in blocks {
+                objects.entry(o).or_insert(t);
+            }
+        }
+        for &(o, t) in tracked {
+            // Still that object: its type pointer unchanged.
+            if mem.u64(o + crate::cpython::OB_TYPE).ok() == Some(t) {
                 objects.entry(o).or_insert(t);
             }
         }
@@ -136,6 +145,11 @@ impl Graph {
     /// The type of an object the walks met.
     pub fn type_of(&self, addr: u64) -> Option<u64> {
         self.objects.get(&addr).copied()
+    }
+
+    /// `t` is a Python class (its instances have the `Instance` layout).
+    pub fn is_instance_type(&self, t: u64) -> bool {
+        self.types.get(&t).is_some_and(|n| n.kind == Kind::Instance)
     }
 
     pub fn type_name(&self, t: u64) -> Option<&str> {

@@ -27,8 +27,9 @@ pub const CELL_REF: u64 = 16;
 /// `PyMethodObject.im_func`, `.im_self`.
 pub const METHOD_FUNC: u64 = 16;
 pub const METHOD_SELF: u64 = 24;
-/// `PyModuleObject.md_dict`.
+/// `PyModuleObject.md_dict`, `.md_name` (a str).
 pub const MODULE_DICT: u64 = 16;
+pub const MODULE_NAME: u64 = 48;
 /// `PyTypeObject.tp_dict`, `.tp_bases`, `.tp_mro` (3.11, 3.12; a 3.12 static builtin
 /// type keeps its dict in the interpreter, `tp_dict` is NULL).
 pub const TYPE_DICT: u64 = super::TP_DICT;

@@ -351,6 +351,11 @@ impl Aggregator {
             .collect()
     }
 
+    /// Every tracked live object and its type.
+    pub fn live(&self) -> Vec<(u64, u64)> {
+        self.objects.iter().map(|(&a, o)| (a, o.type_ptr)).collect()
+    }
+
     /// The site of the live object at `addr`, if one is tracked there.
     pub fn site_of(&self, addr: u64) -> Option<(u64, u32)> {
         self.objects.get(&addr).map(|o| (o.type_ptr, o.site))

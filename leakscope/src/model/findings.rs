@@ -8,6 +8,7 @@
 //! every site it retains, with the group's totals, ranked by the bytes the group gains a
 //! second.
 use super::chains::{Chain, End};
+use crate::cpython::refs::Via;
 use hashbrown::HashMap;
 
 /// A site: (type object, allocation site id).
@@ -20,6 +21,10 @@ pub struct Grower {
     pub live: u64,
     pub live_bytes: u64,
     pub rate_per_s: f64,
+    /// An instance of a Python class (not a builtin or C type).
+    pub class: bool,
+    /// Frames of its allocation site.
+    pub depth: usize,
 }
 
 impl Grower {
@@ -78,12 +83,18 @@ pub fn group(
             holder[i] = Some(j);
         }
     }
-    // Root of each site: follow holders (a loop among sites ends at its first-ranked site).
+    // Root of each site: follow holders. Sites that hold each other in a loop (a cycle)
+    // have as root the one a developer would fix: a Python class's site before builtins
+    // and C types, then the shallowest stack (the creator, not what its constructor made).
     let root_of = |mut i: usize| {
         let mut seen = vec![i];
         while let Some(j) = holder[i] {
             if seen.contains(&j) {
-                return *seen.iter().min().unwrap();
+                let at = seen.iter().position(|&k| k == j).unwrap();
+                return *seen[at..]
+                    .iter()
+                    .min_by_key(|&&k| (!growers[k].class, growers[k].depth, k))
+                    .unwrap();
             }
             seen.push(j);
             i = j;
@@ -128,13 +139,54 @@ pub fn group(
             .then(b.bytes.cmp(&a.bytes))
             .then(a.root.cmp(&b.root))
     });
-    findings
+    merge_by_container(findings, growers)
+}
+
+/// The container a finding's root sits in: the first holder on its chain, when it holds
+/// the root as an entry (a dict's key or value, a list's item, a set's member).
+fn container(f: &Finding) -> Option<u64> {
+    let first = f.chain.as_ref()?.steps.first()?;
+    matches!(
+        first.via,
+        Via::Key | Via::Value { .. } | Via::Item(_) | Via::Member
+    )
+    .then_some(first.holder)
+}
+
+/// Roots that sit in the same container are one leak (a dict's keys and its values, say):
+/// the first-ranked stays the root, the others join what it retains.
+fn merge_by_container(findings: Vec<Finding>, growers: &[Grower]) -> Vec<Finding> {
+    let mut out: Vec<Finding> = vec![];
+    let mut at: HashMap<u64, usize> = HashMap::new();
+    for f in findings {
+        match container(&f).and_then(|c| at.get(&c).copied()) {
+            Some(i) => {
+                let g = &mut out[i];
+                g.retained.push(f.root);
+                g.retained.extend(f.retained);
+                g.objects += f.objects;
+                g.bytes += f.bytes;
+                g.rate_per_s += f.rate_per_s;
+                g.bytes_per_s += f.bytes_per_s;
+            }
+            None => {
+                if let Some(c) = container(&f) {
+                    at.insert(c, out.len());
+                }
+                out.push(f);
+            }
+        }
+    }
+    let rate: HashMap<SiteKey, f64> = growers.iter().map(|g| (g.key, g.bytes_rate())).collect();
+    for f in &mut out {
+        f.retained.sort_by(|a, b| rate[b].total_cmp(&rate[a]).then(a.cmp(b)));
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpython::refs::Via;
     use crate::model::chains::Step;
 
     fn grower(t: u64, live: u64, bytes_each: u64, rate: f64) -> Grower {
@@ -143,6 +195,8 @@ mod tests {
             live,
             live_bytes: live * bytes_each,
             rate_per_s: rate,
+            class: false,
+            depth: 3,
         }
     }
 
@@ -191,6 +245,43 @@ mod tests {
         assert_eq!(f[0].retained, vec![(3, 1), (2, 1), (4, 1)], "by bytes a second");
         assert_eq!(f[0].objects, 5000);
         assert_eq!(f[0].chain.as_ref().unwrap().end, End::Module);
+    }
+
+    #[test]
+    fn a_cycle_of_sites_is_rooted_at_the_python_class_that_made_it() {
+        // method 10 (site 1) ← handle 20 (site 2, C) ← owner 30 (site 3, class) ← method 10
+        let mut growers = vec![grower(1, 10, 48, 1.0), grower(2, 10, 32, 1.0), grower(3, 10, 56, 1.0)];
+        growers[2].class = true;
+        growers[2].depth = 2;
+        let mut chains = HashMap::new();
+        chains.insert((1, 1), vec![chain(10, &[20, 30, 10], End::Cycle)]);
+        chains.insert((2, 1), vec![chain(20, &[30, 10, 20], End::Cycle)]);
+        chains.insert((3, 1), vec![chain(30, &[10, 20, 30], End::Cycle)]);
+        let owner = |a: u64| Some(((a / 10), 1));
+        let f = group(&growers, &chains, &owner);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].root, (3, 1));
+        assert_eq!(f[0].chain.as_ref().unwrap().start, 30);
+    }
+
+    #[test]
+    fn roots_in_the_same_container_are_one_finding() {
+        // d["r1"] = Record(): the key strings and the records both sit in dict 900.
+        let growers = vec![grower(1, 100, 48, 10.0), grower(2, 100, 40, 10.0)];
+        let mut chains = HashMap::new();
+        let entry = |start: u64, via: Via| Chain {
+            start,
+            steps: vec![Step { holder: 900, via }, Step { holder: 901, via: Via::Field("__dict__") }],
+            end: End::Module,
+            through_native: false,
+            visited: 0,
+        };
+        chains.insert((1, 1), vec![entry(10, Via::Value { key: 20 })]);
+        chains.insert((2, 1), vec![entry(20, Via::Key)]);
+        let f = group(&growers, &chains, &|_| None);
+        assert_eq!(f.len(), 1);
+        assert_eq!((f[0].root, f[0].retained.clone()), ((1, 1), vec![(2, 1)]));
+        assert_eq!(f[0].objects, 200);
     }
 
     #[test]

@@ -62,11 +62,21 @@ impl Sites {
 /// Folded stacks (`outer;…;inner;leaf count`), sorted, one per `(site, leaf, count)`.
 /// Flamegraph tools read this; `;` inside names is replaced so it cannot split a frame.
 pub fn folded(entries: &[(&Site, String, u64)]) -> String {
+    let paths: Vec<(&Site, Vec<String>, u64)> = entries
+        .iter()
+        .map(|(site, leaf, n)| (*site, vec![leaf.clone()], *n))
+        .collect();
+    folded_paths(&paths)
+}
+
+/// `folded` with several frames after the site's stack (a finding's root type, then what
+/// it retains).
+pub fn folded_paths(entries: &[(&Site, Vec<String>, u64)]) -> String {
     let clean = |s: &str| s.replace(';', ":");
     let mut lines: Vec<String> = entries
         .iter()
         .filter(|(_, _, count)| *count > 0)
-        .map(|(site, leaf, count)| {
+        .map(|(site, leaves, count)| {
             let mut parts: Vec<String> = Vec::new();
             if site.frames.is_empty() {
                 parts.push("[no Python stack]".into());
@@ -75,7 +85,7 @@ pub fn folded(entries: &[(&Site, String, u64)]) -> String {
                 parts.push("[truncated]".into());
             }
             parts.extend(site.frames.iter().rev().map(|f| clean(&f.label())));
-            parts.push(clean(leaf));
+            parts.extend(leaves.iter().map(|l| clean(l)));
             format!("{} {count}", parts.join(";"))
         })
         .collect();

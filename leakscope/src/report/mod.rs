@@ -44,6 +44,65 @@ pub struct CycleSite {
     pub truncated: bool,
 }
 
+/// One leak: a root site and the growing sites it retains (`model::findings`).
+#[derive(Clone, Debug, Serialize)]
+pub struct FindingReport {
+    pub root: SiteReport,
+    /// Retained sites, most bytes a second first.
+    pub retained: Vec<SiteReport>,
+    /// The group's totals: root and retained.
+    pub objects: u64,
+    pub bytes: u64,
+    pub rate_per_s: f64,
+    pub bytes_per_s: f64,
+    /// What keeps one of the root's objects alive, outward from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainReport>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ChainReport {
+    /// The leaked object first, then each holder outward.
+    pub links: Vec<LinkReport>,
+    pub end: crate::model::chains::End,
+    /// The root in words: "global LEAKS of module __main__", "a cycle the collector cannot
+    /// break", ...
+    pub kept_by: String,
+    /// Every link read again after the search, and still there. False: the heap moved
+    /// under the read, and the chain is what was seen, not confirmed.
+    pub confirmed: bool,
+    /// A C-level holder (found by scanning its memory) is on the chain.
+    pub through_c_holder: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LinkReport {
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub address: String,
+    /// How this link holds the previous one (`['key']`, `.attr`, `[3]`, `.__self__`, ...;
+    /// empty for the first link).
+    pub holds: String,
+    /// A C extension's object whose reference was found by a scan: the collector does not
+    /// traverse it.
+    pub c_holder: bool,
+}
+
+/// How the retention chains were read.
+#[derive(Clone, Debug, Serialize)]
+pub struct RetentionInfo {
+    pub ms: f64,
+    /// Whether the target was stopped while its heap was read (never, today).
+    pub paused: bool,
+    pub objects: u64,
+    pub references: u64,
+    pub scanned: u64,
+    /// A bound was hit: a referrer may be missing.
+    pub bounded: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Sampled mode: what re-reading followed objects between windows found.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct FollowStats {
@@ -178,6 +237,11 @@ pub struct Report {
     /// Sites whose objects the cyclic collector freed, most collected first (at most
     /// `--top`).
     pub cycles: Vec<CycleSite>,
+    /// Final reports: growing sites grouped into leaks, root first (`model::findings`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<FindingReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionInfo>,
     pub live_objects: u64,
     pub ignored_births: u64,
     pub lost: Losses,
@@ -350,6 +414,7 @@ pub fn text(report: &Report, top: usize) -> String {
         );
     }
     free_signals_text(&mut s, report);
+    findings_text(&mut s, report);
     sites_text(&mut s, report);
     cycles_text(&mut s, report);
     if let Some(f) = &report.followed {
@@ -577,6 +642,112 @@ fn sites_text(s: &mut String, report: &Report) {
     }
 }
 
+/// One line for a site in a finding: type, counts, where.
+fn site_line(site: &SiteReport) -> String {
+    let at = site
+        .frames
+        .first()
+        .map_or("[no Python stack]".to_string(), |f| f.label());
+    format!(
+        "{} · {} live · {} · {:.1}/s · {at}",
+        site.type_name,
+        thousands(site.live),
+        human_bytes(site.live_bytes),
+        site.rate_per_s
+    )
+}
+
+fn findings_text(s: &mut String, report: &Report) {
+    if report.findings.is_empty() && report.retention.is_none() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "  LEAK FINDINGS (each: the root to fix, what it retains, and what keeps it alive)"
+    );
+    if let Some(r) = &report.retention {
+        let _ = writeln!(
+            s,
+            "  (heap read from outside: {} objects, {} references{} in {:.1} s; the target was {}paused{})",
+            thousands(r.objects),
+            thousands(r.references),
+            if r.scanned > 0 {
+                format!(", {} objects scanned for lack of a layout", thousands(r.scanned))
+            } else {
+                String::new()
+            },
+            r.ms / 1e3,
+            if r.paused { "" } else { "not " },
+            if r.bounded { "; a bound was hit, chains may miss a holder" } else { "" }
+        );
+        if let Some(e) = &r.error {
+            let _ = writeln!(s, "  no retention chains: {e}");
+        }
+    }
+    for (i, f) in report.findings.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "● {}. {} · {} live · {} · {:.1}/s",
+            i + 1,
+            f.root.type_name,
+            thousands(f.root.live),
+            human_bytes(f.root.live_bytes),
+            f.root.rate_per_s
+        );
+        for fr in f.root.frames.iter().take(SITE_FRAMES) {
+            let _ = writeln!(s, "      {}", fr.label());
+        }
+        if f.root.frames.is_empty() {
+            let _ = writeln!(s, "      [no Python stack]");
+        }
+        if !f.retained.is_empty() {
+            let _ = writeln!(
+                s,
+                "    retains {} growing site{}; with them: {} objects · {} · {}/s",
+                f.retained.len(),
+                if f.retained.len() == 1 { "" } else { "s" },
+                thousands(f.objects),
+                human_bytes(f.bytes),
+                human_bytes(f.bytes_per_s.round() as u64)
+            );
+            for r in &f.retained {
+                let _ = writeln!(s, "      ↳ {}", site_line(r));
+            }
+        }
+        match &f.chain {
+            Some(c) => {
+                let _ = writeln!(
+                    s,
+                    "    kept alive by: {}{}",
+                    c.kept_by,
+                    if c.confirmed {
+                        ""
+                    } else {
+                        " (not confirmed: the heap moved while it was read)"
+                    }
+                );
+                let path: Vec<String> = c
+                    .links
+                    .iter()
+                    .map(|l| {
+                        let mut t = l.type_name.clone();
+                        if l.c_holder {
+                            t.push_str(" (C, not traversed)");
+                        } else if !l.holds.is_empty() {
+                            t = format!("{t} {}", l.holds);
+                        }
+                        t
+                    })
+                    .collect();
+                let _ = writeln!(s, "      {}", path.join(" ← "));
+            }
+            None => {
+                let _ = writeln!(s, "    kept alive by: (no chain read)");
+            }
+        }
+    }
+}
+
 fn cycles_text(s: &mut String, report: &Report) {
     if report.cycles.is_empty() {
         return;
@@ -718,6 +889,8 @@ mod tests {
                 }],
                 truncated: false,
             }],
+            findings: vec![],
+            retention: None,
             live_objects: 20012,
             ignored_births: 0,
             lost: Losses::default(),

@@ -141,7 +141,7 @@ impl Resolver {
     }
 
     /// A compact ASCII `str` (names of modules and attributes are).
-    fn ascii(&self, s: u64) -> Option<String> {
+    pub fn ascii(&self, s: u64) -> Option<String> {
         let len = self.mem.u64(s + cpython::STR_LENGTH).ok()?;
         let state = self.mem.u64(s + cpython::STR_STATE).ok()? as u32;
         let cpython::StrState { compact, ascii, .. } = cpython::str_state(state);

@@ -1,8 +1,10 @@
 //! The commands: `trace` (probes, events, reports) and `census` (GC-list and allocator
 //! snapshots). Each ties the layers together for one run; what they compute lives in the
-//! layers. `free`: the free signals a trace walks on its own thread.
+//! layers. `free`: the free signals a trace walks on its own thread; `retention`: the final
+//! report's leak findings and chains.
 pub mod census;
 pub mod free;
+pub mod retention;
 pub mod trace;
 
 /// What `trace` says when it lacks privileges (also used to explain kernel EPERMs).

@@ -4,6 +4,7 @@
 //! events, signals and clocks are looked at between batches (first), and the census that
 //! adds rows on partial builds walks on its own thread.
 use super::free::{CENSUS_GAP_PER_WALK, CensusWorker, FreeCounts};
+use super::retention::{self, Retention};
 use crate::census::{Allocator, Heap};
 use crate::config::{Format, Placement, TraceConfig};
 use crate::cpython;
@@ -283,6 +284,17 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
         process: &process,
         stacks: stack_config.is_some(),
         free: FreeCounts::default(),
+        retention: Heap::of(&process, &interp)
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|heap| {
+                Retention::new(
+                    heap,
+                    Allocator::of(&process, &interp).ok(),
+                    interp.version,
+                    resolver(process.memory()),
+                    process.memory(),
+                )
+            }),
     };
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -452,6 +464,8 @@ struct Session<'a> {
     /// Free signals' counts of every type over time (the check on sampled growth).
     free: FreeCounts,
     process: &'a Process,
+    /// Reads the heap for the final report's findings (or why it cannot).
+    retention: Result<Retention, String>,
 }
 
 impl Session<'_> {
@@ -848,22 +862,7 @@ impl Session<'_> {
             .iter()
             .filter(|r| r.live > 0 || r.interval_births > 0 || (reason.is_some() && r.births > 0))
             .take(cfg.top)
-            .map(|r| {
-                let site = sites.get(r.site);
-                report::SiteReport {
-                    type_name: r.name.clone(),
-                    live: r.live,
-                    live_bytes: r.live_bytes,
-                    births: r.births,
-                    deaths: r.deaths,
-                    rate_per_s: r.rate_per_s,
-                    growing: r.growing,
-                    aged: r.aged,
-                    frames: site.frames.clone(),
-                    truncated: site.truncated,
-                    estimate: r.estimate,
-                }
-            })
+            .map(|r| site_report(r, sites))
             .collect();
         // Garbage cycles: sites where a tenth of the deaths, and at least a few, came inside
         // collections (a full collection also frees the freelists' dead objects, a few of any
@@ -887,8 +886,18 @@ impl Session<'_> {
                 }
             })
             .collect();
+        let (findings, retention) = match (&mut self.retention, reason.is_some()) {
+            _ if reason.is_none() || !site_rows.iter().any(|r| r.growing && r.live > 0) => {
+                (vec![], None)
+            }
+            (Ok(r), _) => {
+                let (f, info) = r.findings(agg, &site_rows, &|row| site_report(row, sites));
+                (f, Some(info))
+            }
+            (Err(e), _) => (vec![], Some(retention::unavailable(e.clone()))),
+        };
         if reason.is_some() {
-            self.write_graphs(&site_rows, sites)?;
+            self.write_graphs(&site_rows, sites, &findings)?;
         }
         let unreadable_stacks = symbolizer.as_ref().map_or(0, |s| s.unreadable_stacks);
         if let Some(s) = symbolizer {
@@ -955,6 +964,8 @@ impl Session<'_> {
             allocator_error,
             sites: site_reports,
             cycles,
+            findings,
+            retention,
             live_objects: agg.live_objects() as u64,
             ignored_births: agg.ignored_births,
             lost: report::Losses {
@@ -984,25 +995,51 @@ impl Session<'_> {
     }
 
     /// `--folded` / `--flamegraph`: the surviving allocations of the growing sites (of every
-    /// site with survivors when none grows), one folded line per (site, type).
-    fn write_graphs(&self, rows: &[TypeRow], sites: &Sites) -> Result<()> {
+    /// site with survivors when none grows), one folded line per (site, type). With
+    /// findings, each retained site is drawn under its root: the root's stack, the root's
+    /// type, then the retained type.
+    fn write_graphs(
+        &self,
+        rows: &[TypeRow],
+        sites: &Sites,
+        findings: &[report::FindingReport],
+    ) -> Result<()> {
         let cfg = self.cfg;
         if cfg.folded.is_none() && cfg.flamegraph.is_none() {
             return Ok(());
         }
         let any_growing = rows.iter().any(|r| r.growing && r.live > 0);
-        let entries: Vec<(&sites::Site, String, u64)> = rows
-            .iter()
-            .filter(|r| r.live > 0 && (r.growing || !any_growing))
-            .map(|r| {
-                (
-                    sites.get(r.site),
-                    format!("{} ({} live)", r.name, report::thousands(r.live)),
-                    r.live_bytes,
-                )
-            })
-            .collect();
-        let folded = sites::folded(&entries);
+        let label = |r: &report::SiteReport| format!("{} ({} live)", r.type_name, report::thousands(r.live));
+        let folded = if findings.is_empty() {
+            let entries: Vec<(&sites::Site, String, u64)> = rows
+                .iter()
+                .filter(|r| r.live > 0 && (r.growing || !any_growing))
+                .map(|r| {
+                    (
+                        sites.get(r.site),
+                        format!("{} ({} live)", r.name, report::thousands(r.live)),
+                        r.live_bytes,
+                    )
+                })
+                .collect();
+            sites::folded(&entries)
+        } else {
+            let mut entries = vec![];
+            for f in findings {
+                let root = sites::Site {
+                    frames: f.root.frames.clone(),
+                    truncated: f.root.truncated,
+                };
+                let top = format!("▲ {}", label(&f.root));
+                entries.push((root.clone(), vec![top.clone()], f.root.live_bytes));
+                for r in &f.retained {
+                    entries.push((root.clone(), vec![top.clone(), label(r)], r.live_bytes));
+                }
+            }
+            let refs: Vec<(&sites::Site, Vec<String>, u64)> =
+                entries.iter().map(|(s, l, n)| (s, l.clone(), *n)).collect();
+            sites::folded_paths(&refs)
+        };
         if let Some(path) = &cfg.folded {
             std::fs::write(path, &folded).with_context(|| format!("writing {}", path.display()))?;
         }
@@ -1020,6 +1057,24 @@ impl Session<'_> {
             std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(())
+    }
+}
+
+/// A site row as the report shows it.
+fn site_report(r: &TypeRow, sites: &Sites) -> report::SiteReport {
+    let site = sites.get(r.site);
+    report::SiteReport {
+        type_name: r.name.clone(),
+        live: r.live,
+        live_bytes: r.live_bytes,
+        births: r.births,
+        deaths: r.deaths,
+        rate_per_s: r.rate_per_s,
+        growing: r.growing,
+        aged: r.aged,
+        frames: site.frames.clone(),
+        truncated: site.truncated,
+        estimate: r.estimate,
     }
 }
 
