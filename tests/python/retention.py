@@ -57,7 +57,8 @@ def main():
             if MODE == "records":
                 LEAKS["r%d" % made] = make_record(made)
             else:
-                Downloader(leakext)  # dropped at once: only the cycle keeps it
+                # Dropped at once: only the cycle keeps it.
+                Downloader(leakext)  # DOWNLOADER-SITE
             made += 1
         churn(20)
         time.sleep(0.005)

@@ -6,6 +6,7 @@ mod allocator;
 mod census;
 mod cycles;
 mod errors;
+mod findings;
 mod growth;
 mod overhead;
 mod sites;
