@@ -3,6 +3,8 @@
     python retention.py records [RATE]   a Record holding a dict, two strings and a float,
                                          leaked into the module-level dict LEAKS (RATE/s,
                                          default 200), beside churn of the same shapes
+    python retention.py local [RATE]     Records kept in a local list of the running function
+                                         serve (a thread's frame is the root)
     python retention.py handle [RATE]    a Downloader whose C-level Handle (leakext, no GC
                                          support) holds its bound method: a cycle the
                                          collector cannot break (argv[3]: where leakext is)
@@ -43,7 +45,21 @@ def churn(n):
         del r
 
 
+def serve():
+    history = []
+    start = time.monotonic()
+    print("ready", flush=True)
+    while True:
+        due = int((time.monotonic() - start) * RATE)
+        while len(history) < due:
+            history.append(make_record(len(history)))
+        churn(20)
+        time.sleep(0.005)
+
+
 def main():
+    if MODE == "local":
+        serve()
     leakext = None
     if MODE == "handle":
         sys.path.insert(0, sys.argv[3])

@@ -33,6 +33,8 @@ pub struct GraphStats {
     pub edges: u64,
     /// Objects whose references came from a scan (no layout: C types, frames...).
     pub scanned: u64,
+    /// Running frames read (their locals are roots).
+    pub frames: u64,
     /// Hit `MAX_EDGES` or a walk's own bound: chains may miss a referrer.
     pub bounded: bool,
     /// Wall time of the whole read, milliseconds.
@@ -45,6 +47,8 @@ pub struct Graph {
     referrers: HashMap<u64, Vec<(u64, Via)>>,
     types: HashMap<u64, TypeNode>,
     garbage: HashSet<u64>,
+    /// Running frames (roots): frame address → (code object, thread's place in its list).
+    frames: HashMap<u64, (u64, usize)>,
     pub stats: GraphStats,
 }
 
@@ -86,8 +90,10 @@ impl Graph {
             referrers: HashMap::new(),
             types: HashMap::new(),
             garbage: garbage.into_iter().collect(),
+            frames: HashMap::new(),
             stats: GraphStats::default(),
         };
+        g.read_threads(heap, mem);
         let all: Vec<(u64, u64)> = g.objects.iter().map(|(&o, &t)| (o, t)).collect();
         g.stats.objects = all.len() as u64;
         for (o, t) in all {
@@ -116,6 +122,58 @@ impl Graph {
         g.stats.bounded = bounded;
         g.stats.ms = started.elapsed().as_secs_f64() * 1e3;
         g
+    }
+
+    /// Every thread's running frames: their `localsplus` slots are references from roots.
+    fn read_threads(&mut self, heap: &Heap, mem: &dyn Memory) {
+        let Some(l) = refs::thread_layout(heap.version()) else {
+            return;
+        };
+        for interp in heap.interpreters() {
+            let mut tstate = mem.u64(interp + l.threads_head).unwrap_or(0);
+            let mut thread = 0;
+            while tstate != 0 && thread < refs::MAX_THREADS {
+                let (a, b) = l.stack.frame_path;
+                let mut frame = mem.u64(tstate + a).unwrap_or(0);
+                if let Some(b) = b
+                    && frame != 0
+                {
+                    frame = mem.u64(frame + b).unwrap_or(0);
+                }
+                let mut n = 0;
+                while frame != 0 && n < refs::MAX_FRAMES && !self.frames.contains_key(&frame) {
+                    let code = mem.u64(frame + l.stack.frame_code).unwrap_or(0);
+                    // `stacktop` is -1 while the frame runs (the stack pointer is in a
+                    // register): then only its locals, cells and free variables are read.
+                    let top = mem.u64(frame + l.frame_stacktop).unwrap_or(0) as u32 as i32;
+                    let locals = mem.u64(code + l.co_nlocalsplus).unwrap_or(0) as u32 as i32;
+                    let top = if top >= 0 { top.max(locals) } else { locals }.max(0) as u64;
+                    self.frames.insert(frame, (code, thread));
+                    self.stats.frames += 1;
+                    if top <= 4096 {
+                        let mut buf = vec![0u8; 8 * top as usize];
+                        if mem.read(frame + l.frame_localsplus, &mut buf).is_ok() {
+                            for (i, w) in buf.chunks(8).enumerate() {
+                                let w = u64::from_le_bytes(w.try_into().unwrap());
+                                if w != 0 && self.objects.contains_key(&w) {
+                                    self.referrers.entry(w).or_default().push((frame, Via::Local(i as u32)));
+                                    self.stats.edges += 1;
+                                }
+                            }
+                        }
+                    }
+                    frame = mem.u64(frame + l.stack.frame_prev).unwrap_or(0);
+                    n += 1;
+                }
+                tstate = mem.u64(tstate + l.tstate_next).unwrap_or(0);
+                thread += 1;
+            }
+        }
+    }
+
+    /// A running frame's code object and its thread's place in the interpreter's list.
+    pub fn frame(&self, addr: u64) -> Option<(u64, usize)> {
+        self.frames.get(&addr).copied()
     }
 
     fn type_node(&mut self, t: u64, resolver: &mut Resolver) -> Option<&TypeNode> {
@@ -160,6 +218,9 @@ impl Graph {
         if self.garbage.contains(&addr) {
             return Node::Garbage;
         }
+        if self.frames.contains_key(&addr) {
+            return Node::Frame;
+        }
         match self.type_of(addr).and_then(|t| self.types.get(&t)).map(|n| n.kind) {
             Some(Kind::Module) => Node::Module,
             Some(Kind::Type) => Node::Type,
@@ -170,6 +231,10 @@ impl Graph {
 
     /// Does `holder` still refer to `held` the same way? Read again, now.
     pub fn holds(&self, mem: &dyn Memory, holder: u64, held: u64, via: Via) -> bool {
+        if let (Via::Local(i), Some(l)) = (via, refs::thread_layout(self.layout.version())) {
+            return self.frames.contains_key(&holder)
+                && mem.u64(holder + l.frame_localsplus + 8 * i as u64).ok() == Some(held);
+        }
         let Some(t) = self.type_of(holder) else {
             return false;
         };

@@ -97,6 +97,24 @@ impl Heap {
 }
 
 impl Heap {
+    pub fn version(&self) -> cpython::Version {
+        self.version
+    }
+
+    /// The interpreters, in list order.
+    pub fn interpreters(&self) -> Vec<u64> {
+        let mut out = vec![];
+        let mut interp = self
+            .mem
+            .u64(self.runtime + self.layout.interpreters_head)
+            .unwrap_or(0);
+        while interp != 0 && !out.contains(&interp) && out.len() < MAX_INTERPRETERS {
+            out.push(interp);
+            interp = self.mem.u64(interp + self.layout.interp_next).unwrap_or(0);
+        }
+        out
+    }
+
     /// Where the main interpreter's `gc.collecting` flag is (the last interpreter of the
     /// list: new ones join at its head), for the free probes' `FREE_IN_GC`.
     pub fn gc_collecting_addr(&self) -> Option<u64> {

@@ -47,6 +47,45 @@ pub const FUNCTION_FIELDS: &[(u64, &str)] = &[
     (104, "__module__"),
     (112, "__annotations__"),
 ];
+/// Thread frames, the roots that hold running code's locals (3.11, 3.12; DWARF
+/// `ptype /o`): `PyInterpreterState.threads.head`, `PyThreadState.next`, and of
+/// `_PyInterpreterFrame`: `stacktop` (an int: locals, cells and the value stack in use)
+/// and `localsplus[]`; `PyCodeObject.co_nlocalsplus` (an int) and `co_localsplusnames` (a
+/// tuple of str). The frame chain itself (`tstate → cframe → current_frame`, `f_code`,
+/// `previous`) is `frames::stack_layout`'s.
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadLayout {
+    pub threads_head: u64,
+    pub tstate_next: u64,
+    pub frame_stacktop: u64,
+    pub frame_localsplus: u64,
+    pub co_nlocalsplus: u64,
+    pub co_localsplusnames: u64,
+    pub stack: super::StackLayout,
+}
+
+pub fn thread_layout(v: Version) -> Option<ThreadLayout> {
+    let stack = super::stack_layout(v)?;
+    let (threads_head, co_nlocalsplus) = match v.minor {
+        11 => (0x10, 76),
+        12 => (0x48, 72),
+        _ => return None,
+    };
+    Some(ThreadLayout {
+        threads_head,
+        tstate_next: 8,
+        frame_stacktop: 64,
+        frame_localsplus: 72,
+        co_nlocalsplus,
+        co_localsplusnames: 96,
+        stack,
+    })
+}
+
+/// Most threads, and frames per thread, read.
+pub const MAX_THREADS: usize = 1024;
+pub const MAX_FRAMES: usize = 1024;
+
 /// Words of a scanned body at most (a C type's struct; a frame's locals).
 pub const MAX_SCAN_BYTES: u64 = 4096;
 /// Items of one container read at most.
@@ -71,6 +110,8 @@ pub enum Via {
     Slot(u32),
     /// A word of a body with no layout here, at this offset, that points at an object.
     Scanned(u32),
+    /// Slot `i` of a running frame's `localsplus` (a local, cell or value-stack entry).
+    Local(u32),
 }
 
 /// What leakscope knows of a type's layout.

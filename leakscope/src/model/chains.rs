@@ -5,6 +5,7 @@
 //! - a module (its global: the key of the module dict's entry on the chain),
 //! - a class (an attribute in its `__dict__`),
 //! - a `gc.garbage` list,
+//! - a thread's running frame (a local variable),
 //! - the leaked object itself: a cycle (one the collector cannot break when a C-level holder,
 //!   whose references it does not see, is on it),
 //!
@@ -28,6 +29,8 @@ pub enum Node {
     Garbage,
     /// A C extension's object: what it holds was found by a scan.
     Native,
+    /// A thread's running frame (not an object: its locals are roots).
+    Frame,
     Other,
 }
 
@@ -52,6 +55,8 @@ pub enum End {
     Class,
     /// The last holder is `gc.garbage`.
     Garbage,
+    /// The last holder is a thread's running frame (a local variable).
+    Frame,
     /// The last step leads back to the leaked object.
     Cycle,
     /// No root was reached: the last holder is the farthest one found.
@@ -101,6 +106,7 @@ pub fn find(view: &dyn HeapView, start: u64) -> Chain {
                 Node::Module => Some(End::Module),
                 Node::Type => Some(End::Class),
                 Node::Garbage => Some(End::Garbage),
+                Node::Frame => Some(End::Frame),
                 Node::Native | Node::Other => None,
             };
             if let Some(end) = end {

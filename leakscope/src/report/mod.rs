@@ -97,6 +97,8 @@ pub struct RetentionInfo {
     pub objects: u64,
     pub references: u64,
     pub scanned: u64,
+    /// Threads' running frames read (their locals are roots).
+    pub frames: u64,
     /// A bound was hit: a referrer may be missing.
     pub bounded: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -668,9 +670,10 @@ fn findings_text(s: &mut String, report: &Report) {
     if let Some(r) = &report.retention {
         let _ = writeln!(
             s,
-            "  (heap read from outside: {} objects, {} references{} in {:.1} s; the target was {}paused{})",
+            "  (heap read from outside: {} objects, {} references, {} running frames{} in {:.1} s; the target was {}paused{})",
             thousands(r.objects),
             thousands(r.references),
+            thousands(r.frames),
             if r.scanned > 0 {
                 format!(", {} objects scanned for lack of a layout", thousands(r.scanned))
             } else {

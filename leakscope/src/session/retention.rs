@@ -105,6 +105,7 @@ impl Retention {
             objects: graph.stats.objects,
             references: graph.stats.edges,
             scanned: graph.stats.scanned,
+            frames: graph.stats.frames,
             bounded: graph.stats.bounded,
             error: None,
         };
@@ -147,7 +148,7 @@ impl Retention {
             links.push(LinkReport {
                 type_name: self.holder_name(graph, s.holder),
                 address: format!("{:#x}", s.holder),
-                holds: self.via_text(graph, s.via, native),
+                holds: self.via_text(graph, s.via, native, s.holder),
                 c_holder: native && matches!(s.via, Via::Scanned(_)),
             });
             prev = s.holder;
@@ -169,6 +170,7 @@ impl Retention {
             .to_string();
         match graph.node(holder) {
             Node::Module => format!("module {}", self.module_name(holder)),
+            Node::Frame => format!("frame of {}", self.frame_name(graph, holder)),
             Node::Type => format!(
                 "class {}",
                 self.resolver
@@ -207,7 +209,40 @@ impl Retention {
         )
     }
 
-    fn via_text(&mut self, graph: &Graph, via: Via, native: bool) -> String {
+    /// The name of slot `i` of the running frame `frame` (`co_localsplusnames[i]`), or
+    /// "(value stack)" past the locals.
+    fn local_name(&self, graph: &Graph, frame: u64, i: u32) -> String {
+        let l = crate::cpython::refs::thread_layout(self.layout.version());
+        (|| {
+            let l = l?;
+            let (code, _) = graph.frame(frame)?;
+            let n = self.mem.u64(code + l.co_nlocalsplus).ok()? as u32;
+            if i >= n {
+                return Some("(value stack)".to_string());
+            }
+            let names = self.mem.u64(code + l.co_localsplusnames).ok()?;
+            let name = self
+                .mem
+                .u64(names + crate::cpython::refs::TUPLE_ITEMS + 8 * i as u64)
+                .ok()?;
+            self.resolver.ascii(name)
+        })()
+        .unwrap_or_else(|| format!("#{i}"))
+    }
+
+    /// `qualname (thread N)` of a running frame.
+    fn frame_name(&self, graph: &Graph, frame: u64) -> String {
+        let l = crate::cpython::refs::thread_layout(self.layout.version());
+        let (code, thread) = graph.frame(frame).unwrap_or((0, 0));
+        let name = l
+            .and_then(|l| l.stack.co_qualname.or(Some(l.stack.co_name)))
+            .and_then(|off| self.mem.u64(code + off).ok())
+            .and_then(|s| self.resolver.ascii(s))
+            .unwrap_or_else(|| "?".to_string());
+        format!("{name} (thread {})", thread + 1)
+    }
+
+    fn via_text(&mut self, graph: &Graph, via: Via, native: bool, holder: u64) -> String {
         match via {
             Via::Item(i) => format!("[{i}]"),
             Via::Member => "(member)".to_string(),
@@ -218,6 +253,7 @@ impl Retention {
             Via::Slot(off) => format!("(slot +{off:#x})"),
             Via::Scanned(off) if native => format!("(+{off:#x})"),
             Via::Scanned(off) => format!("(scanned +{off:#x})"),
+            Via::Local(i) => format!("local {}", self.local_name(graph, holder, i)),
         }
     }
 
@@ -243,6 +279,14 @@ impl Retention {
                 let class = self.holder_name(graph, c.steps[n - 1].holder);
                 format!("attribute {k} of {class}")
             }
+            End::Frame => {
+                let frame = c.steps[n - 1];
+                let local = match frame.via {
+                    Via::Local(i) => self.local_name(graph, frame.holder, i),
+                    _ => "?".to_string(),
+                };
+                format!("local {local} of {}, running", self.frame_name(graph, frame.holder))
+            }
             End::Garbage => "gc.garbage (objects the collector could not free, kept there)".to_string(),
             End::Cycle if c.through_native => "a cycle through a C-level holder the collector does not traverse: a cycle the collector cannot break".to_string(),
             End::Cycle => "a reference cycle (the collector frees it once nothing else holds it)".to_string(),
@@ -260,6 +304,7 @@ pub fn unavailable(error: String) -> RetentionInfo {
         objects: 0,
         references: 0,
         scanned: 0,
+        frames: 0,
         bounded: false,
         error: Some(error),
     }

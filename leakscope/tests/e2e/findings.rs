@@ -113,6 +113,40 @@ fn a_cycle_through_a_c_holder_is_rooted_at_its_python_owner(interpreter: &Path) 
     eprintln!("finding: Downloader retaining {retained:?}, kept alive by {}", chain["kept_by"]);
 }
 
+/// Records kept in a local list of a function that never returns: the chain ends at that
+/// thread's running frame, naming the function and the local.
+fn a_leak_in_a_running_function_s_local_is_rooted_at_its_frame(interpreter: &Path) {
+    let target = python(interpreter, "retention.py", &["local", "100"]);
+    let run = trace(target.pid, 14, &[]);
+    let last = run.last();
+    retention_read_without_pausing(&last);
+    assert!(last["retention"]["frames"].as_u64().unwrap() >= 3, "{}", last["retention"]);
+    let f = findings(&last);
+    assert_eq!(f.len(), 1, "{last}");
+    let chain = &f[0]["chain"];
+    assert_eq!(f[0]["root"]["type"], "__main__.Record");
+    assert_eq!(chain["end"], "frame", "{chain}");
+    assert_eq!(chain["kept_by"], "local history of serve (thread 1), running", "{chain}");
+    assert_eq!(chain["confirmed"], true, "{chain}");
+    let links = chain["links"].as_array().unwrap();
+    assert_eq!(links[1]["type"], "list", "{chain}");
+    assert_eq!(links.last().unwrap()["holds"], "local history", "{chain}");
+}
+
+#[test]
+#[ignore = "privileged: needs root and pyenv 3.11.7"]
+fn pyenv_311_a_leak_in_a_running_function_s_local_is_rooted_at_its_frame() {
+    require_root();
+    a_leak_in_a_running_function_s_local_is_rooted_at_its_frame(&pyenv("3.11.7"));
+}
+
+#[test]
+#[ignore = "privileged: needs root and Debian's python3.11"]
+fn debian_311_a_leak_in_a_running_function_s_local_is_rooted_at_its_frame() {
+    require_root();
+    a_leak_in_a_running_function_s_local_is_rooted_at_its_frame(&debian_python());
+}
+
 #[test]
 #[ignore = "privileged: needs root and pyenv 3.11.7"]
 fn pyenv_311_a_leaked_record_is_one_finding_rooted_at_a_module_global() {
