@@ -5,6 +5,7 @@
                                          default 200), beside churn of the same shapes
     python retention.py local [RATE]     Records kept in a local list of the running function
                                          serve (a thread's frame is the root)
+    python retention.py class [RATE]     Records appended to a class attribute, Registry.items
     python retention.py handle [RATE]    a Downloader whose C-level Handle (leakext, no GC
                                          support) holds its bound method: a cycle the
                                          collector cannot break (argv[3]: where leakext is)
@@ -28,6 +29,10 @@ class Record:
 
 def make_record(n):
     return Record(n)  # RECORD-SITE
+
+
+class Registry:
+    items = []
 
 
 class Downloader:
@@ -72,6 +77,8 @@ def main():
         while made < due:
             if MODE == "records":
                 LEAKS["r%d" % made] = make_record(made)
+            elif MODE == "class":
+                Registry.items.append(make_record(made))
             else:
                 # Dropped at once: only the cycle keeps it.
                 Downloader(leakext)  # DOWNLOADER-SITE

@@ -11,6 +11,15 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// `function (file:line)` with the file's base name only.
+    pub fn short_label(&self) -> String {
+        let file = self.file.rsplit('/').next().unwrap_or(&self.file);
+        match self.line {
+            Some(l) => format!("{} ({file}:{l})", self.function),
+            None => format!("{} ({file})", self.function),
+        }
+    }
+
     pub fn label(&self) -> String {
         match self.line {
             Some(l) => format!("{} ({}:{l})", self.function, self.file),

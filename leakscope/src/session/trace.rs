@@ -1033,7 +1033,10 @@ impl Session<'_> {
                 let top = format!("▲ {}", label(&f.root));
                 entries.push((root.clone(), vec![top.clone()], f.root.live_bytes));
                 for r in &f.retained {
-                    entries.push((root.clone(), vec![top.clone(), label(r)], r.live_bytes));
+                    // Retained sites of one type are told apart by where they were born.
+                    let at = r.frames.first().map(|fr| format!(" at {}", fr.short_label()));
+                    let leaf = label(r) + &at.unwrap_or_default();
+                    entries.push((root.clone(), vec![top.clone(), leaf], r.live_bytes));
                 }
             }
             let refs: Vec<(&sites::Site, Vec<String>, u64)> =

@@ -25,7 +25,8 @@ fn retention_read_without_pausing(report: &Value) {
 /// floats, which must then be retained by the Record, not findings of their own.
 fn a_leaked_record_is_one_finding_rooted_at_a_module_global(interpreter: &Path, sees_builtins: bool) {
     let target = python(interpreter, "retention.py", &["records", "100"]);
-    let run = trace(target.pid, 16, &[]);
+    let folded = tempdir("findings").join("leaks.folded");
+    let run = trace(target.pid, 16, &["--folded", folded.to_str().unwrap()]);
     let last = run.last();
     retention_read_without_pausing(&last);
     let f = findings(&last);
@@ -57,6 +58,19 @@ fn a_leaked_record_is_one_finding_rooted_at_a_module_global(interpreter: &Path, 
             assert!(retained.iter().any(|r| r == t), "{t} not retained: {retained:?}");
         }
         assert!(f[0]["objects"].as_u64().unwrap() >= 5 * root["live"].as_u64().unwrap());
+    }
+    // The flamegraph draws what the record retains under the record's own stack.
+    let folded = std::fs::read_to_string(&folded).unwrap();
+    let under_root = |t: &str| {
+        folded.lines().any(|l| {
+            l.contains(&format!("retention.py:{line});▲ __main__.Record ("))
+                && l.contains(&format!(" live);{t} ("))
+        })
+    };
+    if sees_builtins {
+        for t in ["dict", "str", "float"] {
+            assert!(under_root(t), "{t} not under the root:\n{folded}");
+        }
     }
     // The churn of the same shapes is no finding and no growing site.
     let churn = growing_sites(&last)
@@ -131,6 +145,21 @@ fn a_leak_in_a_running_function_s_local_is_rooted_at_its_frame(interpreter: &Pat
     let links = chain["links"].as_array().unwrap();
     assert_eq!(links[1]["type"], "list", "{chain}");
     assert_eq!(links.last().unwrap()["holds"], "local history", "{chain}");
+}
+
+/// Records appended to a class attribute: the chain ends at the class, naming the attribute.
+#[test]
+#[ignore = "privileged: needs root and pyenv 3.11.7"]
+fn pyenv_311_a_leak_in_a_class_attribute_is_rooted_at_the_class() {
+    require_root();
+    let target = python(&pyenv("3.11.7"), "retention.py", &["class", "100"]);
+    let last = trace(target.pid, 14, &[]).last();
+    let f = findings(&last);
+    assert_eq!(f.len(), 1, "{last}");
+    let chain = &f[0]["chain"];
+    assert_eq!(chain["end"], "class", "{chain}");
+    assert_eq!(chain["kept_by"], "attribute items of class __main__.Registry", "{chain}");
+    assert_eq!(chain["confirmed"], true, "{chain}");
 }
 
 #[test]
