@@ -156,7 +156,10 @@ impl Graph {
                             for (i, w) in buf.chunks(8).enumerate() {
                                 let w = u64::from_le_bytes(w.try_into().unwrap());
                                 if w != 0 && self.objects.contains_key(&w) {
-                                    self.referrers.entry(w).or_default().push((frame, Via::Local(i as u32)));
+                                    self.referrers
+                                        .entry(w)
+                                        .or_default()
+                                        .push((frame, Via::Local(i as u32)));
                                     self.stats.edges += 1;
                                 }
                             }
@@ -221,7 +224,11 @@ impl Graph {
         if self.frames.contains_key(&addr) {
             return Node::Frame;
         }
-        match self.type_of(addr).and_then(|t| self.types.get(&t)).map(|n| n.kind) {
+        match self
+            .type_of(addr)
+            .and_then(|t| self.types.get(&t))
+            .map(|n| n.kind)
+        {
             Some(Kind::Module) => Node::Module,
             Some(Kind::Type) => Node::Type,
             Some(Kind::Scan { native: true }) => Node::Native,

@@ -379,7 +379,9 @@ impl Allocator {
                 Some(t) => {
                     census.stats.objects += 1;
                     if let Some(o) = objects.as_deref_mut() {
-                        let pre = types.type_flags(t).map_or(0, |f| cpython::preheader_size(self.version, f));
+                        let pre = types
+                            .type_flags(t)
+                            .map_or(0, |f| cpython::preheader_size(self.version, f));
                         o.push((pool + at as u64 + pre, t));
                     }
                     let e = census.types.entry(t).or_default();

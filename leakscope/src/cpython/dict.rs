@@ -76,7 +76,11 @@ pub fn entries_311(mem: &dyn crate::target::Memory, keys: u64) -> Option<(u64, u
 /// A 3.11/3.12 dict's (key, value) pairs, deleted entries left out: a combined table's
 /// entries hold both (the value 8 bytes after the key); a split dict (`ma_values` set)
 /// takes its keys from the shared table and its values from `ma_values`, in entry order.
-pub fn items(mem: &dyn crate::target::Memory, v: super::Version, d: u64) -> Option<Vec<(u64, u64)>> {
+pub fn items(
+    mem: &dyn crate::target::Memory,
+    v: super::Version,
+    d: u64,
+) -> Option<Vec<(u64, u64)>> {
     if v.minor < 11 {
         return None;
     }
@@ -90,7 +94,10 @@ pub fn items(mem: &dyn crate::target::Memory, v: super::Version, d: u64) -> Opti
     if values != 0 {
         let mut vb = vec![0u8; (n * 8) as usize];
         mem.read(values, &mut vb).ok()?;
-        split = vb.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+        split = vb
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
     }
     Some(
         (0..n)

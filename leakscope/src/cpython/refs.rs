@@ -133,7 +133,9 @@ pub enum Kind {
     Instance,
     /// No layout: scanned. `native`: a C extension's type (the collector may not see what
     /// it holds); otherwise one of the interpreter's own (frames, generators, ...).
-    Scan { native: bool },
+    Scan {
+        native: bool,
+    },
 }
 
 /// `kind` of a type from what the resolver read of it. `interpreter`: a static type of the
@@ -220,15 +222,26 @@ pub fn referents(
         Kind::Tuple => {
             let n = field(super::OB_SIZE).unwrap_or(0);
             if n <= MAX_ITEMS {
-                for (i, w) in words(mem, addr + TUPLE_ITEMS, n).unwrap_or_default().into_iter().enumerate() {
+                for (i, w) in words(mem, addr + TUPLE_ITEMS, n)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .enumerate()
+                {
                     push(w, Via::Item(i as u32));
                 }
             }
         }
         Kind::List => {
-            let (n, items) = (field(super::OB_SIZE).unwrap_or(0), field(LIST_ITEMS).unwrap_or(0));
+            let (n, items) = (
+                field(super::OB_SIZE).unwrap_or(0),
+                field(LIST_ITEMS).unwrap_or(0),
+            );
             if n <= MAX_ITEMS && items != 0 {
-                for (i, w) in words(mem, items, n).unwrap_or_default().into_iter().enumerate() {
+                for (i, w) in words(mem, items, n)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .enumerate()
+                {
                     push(w, Via::Item(i as u32));
                 }
             }
@@ -286,7 +299,11 @@ pub fn referents(
             }
         }
         Kind::Scan { .. } => {
-            let n = if t.itemsize > 0 { field(super::OB_SIZE).unwrap_or(0) } else { 0 };
+            let n = if t.itemsize > 0 {
+                field(super::OB_SIZE).unwrap_or(0)
+            } else {
+                0
+            };
             for (off, w) in scan(mem, addr, t.basicsize, t.itemsize, n, known) {
                 push(w, Via::Scanned(off));
             }
@@ -305,7 +322,11 @@ fn scan(
     ob_size: u64,
     known: &dyn Fn(u64) -> bool,
 ) -> Vec<(u32, u64)> {
-    let items = if ob_size <= MAX_ITEMS { itemsize * ob_size } else { 0 };
+    let items = if ob_size <= MAX_ITEMS {
+        itemsize * ob_size
+    } else {
+        0
+    };
     let size = ((basicsize + items) & !7).min(MAX_SCAN_BYTES);
     let start = super::OB_TYPE + 8;
     if size <= start {
@@ -353,7 +374,9 @@ fn instance_values(v: Version, mem: &dyn Memory, ob_type: u64, values: u64) -> V
         .enumerate()
         .filter(|&(_, val)| val != 0)
         .map(|(i, val)| {
-            let k = keys.get(i * (stride / 8) as usize + (key_at / 8) as usize).copied();
+            let k = keys
+                .get(i * (stride / 8) as usize + (key_at / 8) as usize)
+                .copied();
             (k.unwrap_or(0), val)
         })
         .collect()
@@ -384,11 +407,28 @@ mod tests {
         let gc = TPFLAGS_HAVE_GC;
         assert_eq!(kind_of("tuple", gc, false, true), Kind::Tuple);
         assert_eq!(kind_of("str", 0, false, true), Kind::Leaf);
-        assert_eq!(kind_of("frame", gc, false, true), Kind::Scan { native: false });
-        assert_eq!(kind_of("list", 0, false, false), Kind::Scan { native: true }, "a C type named list");
+        assert_eq!(
+            kind_of("frame", gc, false, true),
+            Kind::Scan { native: false }
+        );
+        assert_eq!(
+            kind_of("list", 0, false, false),
+            Kind::Scan { native: true },
+            "a C type named list"
+        );
         assert_eq!(kind_of("Leak", gc, true, false), Kind::Instance);
-        assert_eq!(kind_of("Meta", TPFLAGS_TYPE_SUBCLASS, true, false), Kind::Type);
-        assert!(RefLayout::of(Version { major: 3, minor: 10, patch: 0 }).is_none());
+        assert_eq!(
+            kind_of("Meta", TPFLAGS_TYPE_SUBCLASS, true, false),
+            Kind::Type
+        );
+        assert!(
+            RefLayout::of(Version {
+                major: 3,
+                minor: 10,
+                patch: 0
+            })
+            .is_none()
+        );
     }
 
     #[test]
@@ -407,10 +447,49 @@ mod tests {
         assert_eq!(r, vec![(0xc0, Via::Item(0)), (0xd0, Via::Item(1))]);
         m.put_words(0x4000 + 16, &[0xe0, 0xf0]);
         let r = referents(&l, &*m, 0x4000, 0, facts(Kind::Method, 48), &none);
-        assert_eq!(r, vec![(0xe0, Via::Field("__func__")), (0xf0, Via::Field("__self__"))]);
+        assert_eq!(
+            r,
+            vec![
+                (0xe0, Via::Field("__func__")),
+                (0xf0, Via::Field("__self__"))
+            ]
+        );
         m.put_words(0x5000 + 16, &[0x1a8]);
         let r = referents(&l, &*m, 0x5000, 0, facts(Kind::Cell, 24), &none);
         assert_eq!(r, vec![(0x1a8, Via::Field("cell_contents"))]);
+    }
+
+    /// A combined table of general entries `{hash, key, value}` and a split dict (keys
+    /// from a shared unicode table, values in `ma_values`).
+    #[test]
+    fn dict_items_combined_and_split() {
+        let m = FakeMemory::new();
+        let l = RefLayout::of(V).unwrap();
+        let (d, keys) = (0x1_0000u64, 0x2_0000u64);
+        m.put_words(d + dict::MA_KEYS, &[keys, 0]);
+        m.put_bytes(keys + dict::DK_LOG2_SIZE, &[3, 3, dict::DK_KIND_GENERAL, 0]);
+        m.put_words(keys + dict::DK_USABLE, &[2, 3]);
+        let e = keys + dict::DK_INDICES_311 + 8;
+        // entry 1 deleted (key NULL)
+        m.put_words(e, &[11, 0xa0, 0xa8, 0, 0, 0, 13, 0xc0, 0xc8]);
+        let r = referents(&l, &*m, d, 0, facts(Kind::Dict, 48), &|_| false);
+        assert_eq!(
+            r,
+            vec![
+                (0xa0, Via::Key),
+                (0xa8, Via::Value { key: 0xa0 }),
+                (0xc0, Via::Key),
+                (0xc8, Via::Value { key: 0xc0 })
+            ]
+        );
+        let (d2, shared, values) = (0x3_0000u64, 0x4_0000u64, 0x5_0000u64);
+        m.put_words(d2 + dict::MA_KEYS, &[shared, values]);
+        m.put_bytes(shared + dict::DK_LOG2_SIZE, &[3, 3, 1, 0]);
+        m.put_words(shared + dict::DK_USABLE, &[3, 2]);
+        m.put_words(shared + dict::DK_INDICES_311 + 8, &[0xd0, 0, 0xe0, 0]);
+        m.put_words(values, &[0, 0xe8]);
+        let r = referents(&l, &*m, d2, 0, facts(Kind::Dict, 48), &|_| false);
+        assert_eq!(r, vec![(0xe0, Via::Key), (0xe8, Via::Value { key: 0xe0 })]);
     }
 
     #[test]
@@ -420,7 +499,14 @@ mod tests {
         // A C struct {HEAD; PyObject *ref; long n; void *buf}: only `ref` is an object.
         m.put_words(0x6000, &[1, 0x7777_0000, 0x8000, 12345, 0x9000]);
         let known = |a: u64| a == 0x8000;
-        let r = referents(&l, &*m, 0x6000, 0x7777_0000, facts(Kind::Scan { native: true }, 40), &known);
+        let r = referents(
+            &l,
+            &*m,
+            0x6000,
+            0x7777_0000,
+            facts(Kind::Scan { native: true }, 40),
+            &known,
+        );
         assert_eq!(r, vec![(0x8000, Via::Scanned(16))]);
     }
 
@@ -448,7 +534,10 @@ mod tests {
         let r = referents(&l, &*m, obj, ty, t, &|_| false);
         assert_eq!(
             r,
-            vec![(0x1110, Via::Attr { key: 0xaa0 }), (0x2220, Via::Attr { key: 0xbb0 })]
+            vec![
+                (0x1110, Via::Attr { key: 0xaa0 }),
+                (0x2220, Via::Attr { key: 0xbb0 })
+            ]
         );
     }
 }

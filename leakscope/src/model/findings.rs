@@ -58,12 +58,17 @@ pub fn group(
     chains: &HashMap<SiteKey, Vec<Chain>>,
     owner: &dyn Fn(u64) -> Option<SiteKey>,
 ) -> Vec<Finding> {
-    let growing: HashMap<SiteKey, usize> =
-        growers.iter().enumerate().map(|(i, g)| (g.key, i)).collect();
+    let growing: HashMap<SiteKey, usize> = growers
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (g.key, i))
+        .collect();
     // holder[i] = the site that retains site i, by majority of its samples.
     let mut holder: Vec<Option<usize>> = vec![None; growers.len()];
     for (i, g) in growers.iter().enumerate() {
-        let Some(cs) = chains.get(&g.key) else { continue };
+        let Some(cs) = chains.get(&g.key) else {
+            continue;
+        };
         let mut votes: HashMap<usize, usize> = HashMap::new();
         for c in cs {
             let outer = c
@@ -77,7 +82,9 @@ pub fn group(
                 *votes.entry(j).or_default() += 1;
             }
         }
-        if let Some((&j, &n)) = votes.iter().max_by_key(|&(&j, &n)| (n, std::cmp::Reverse(j)))
+        if let Some((&j, &n)) = votes
+            .iter()
+            .max_by_key(|&(&j, &n)| (n, std::cmp::Reverse(j)))
             && 2 * n > cs.len()
         {
             holder[i] = Some(j);
@@ -115,7 +122,8 @@ pub fn group(
                     .total_cmp(&growers[a].bytes_rate())
                     .then(a.cmp(&b))
             });
-            let sum = |f: &dyn Fn(&Grower) -> f64| members.iter().map(|&m| f(&growers[m])).sum::<f64>();
+            let sum =
+                |f: &dyn Fn(&Grower) -> f64| members.iter().map(|&m| f(&growers[m])).sum::<f64>();
             let chain = chains.get(&growers[r].key).and_then(|cs| {
                 cs.iter()
                     .find(|c| !matches!(c.end, End::Unrooted | End::NoReferrer))
@@ -179,7 +187,8 @@ fn merge_by_container(findings: Vec<Finding>, growers: &[Grower]) -> Vec<Finding
     }
     let rate: HashMap<SiteKey, f64> = growers.iter().map(|g| (g.key, g.bytes_rate())).collect();
     for f in &mut out {
-        f.retained.sort_by(|a, b| rate[b].total_cmp(&rate[a]).then(a.cmp(b)));
+        f.retained
+            .sort_by(|a, b| rate[b].total_cmp(&rate[a]).then(a.cmp(b)));
     }
     out
 }
@@ -222,10 +231,10 @@ mod tests {
         // dict 200 (its __dict__) holding str 300 and float 400; the record is in a module
         // dict 900 of module 901 (not tracked: born before attach).
         let growers = vec![
-            grower(3, 2000, 60, 200.0), // str
+            grower(3, 2000, 60, 200.0),  // str
             grower(2, 1000, 100, 100.0), // dict
-            grower(4, 1000, 24, 100.0), // float
-            grower(1, 1000, 48, 100.0), // Record
+            grower(4, 1000, 24, 100.0),  // float
+            grower(1, 1000, 48, 100.0),  // Record
         ];
         let mut chains = HashMap::new();
         chains.insert((3, 1), vec![chain(300, &[200, 100, 900, 901], End::Module)]);
@@ -242,7 +251,11 @@ mod tests {
         let f = group(&growers, &chains, &owner);
         assert_eq!(f.len(), 1, "one finding");
         assert_eq!(f[0].root, (1, 1), "the record first");
-        assert_eq!(f[0].retained, vec![(3, 1), (2, 1), (4, 1)], "by bytes a second");
+        assert_eq!(
+            f[0].retained,
+            vec![(3, 1), (2, 1), (4, 1)],
+            "by bytes a second"
+        );
         assert_eq!(f[0].objects, 5000);
         assert_eq!(f[0].chain.as_ref().unwrap().end, End::Module);
     }
@@ -250,7 +263,11 @@ mod tests {
     #[test]
     fn a_cycle_of_sites_is_rooted_at_the_python_class_that_made_it() {
         // method 10 (site 1) ← handle 20 (site 2, C) ← owner 30 (site 3, class) ← method 10
-        let mut growers = vec![grower(1, 10, 48, 1.0), grower(2, 10, 32, 1.0), grower(3, 10, 56, 1.0)];
+        let mut growers = vec![
+            grower(1, 10, 48, 1.0),
+            grower(2, 10, 32, 1.0),
+            grower(3, 10, 56, 1.0),
+        ];
         growers[2].class = true;
         growers[2].depth = 2;
         let mut chains = HashMap::new();
@@ -271,7 +288,13 @@ mod tests {
         let mut chains = HashMap::new();
         let entry = |start: u64, via: Via| Chain {
             start,
-            steps: vec![Step { holder: 900, via }, Step { holder: 901, via: Via::Field("__dict__") }],
+            steps: vec![
+                Step { holder: 900, via },
+                Step {
+                    holder: 901,
+                    via: Via::Field("__dict__"),
+                },
+            ],
             end: End::Module,
             through_native: false,
             visited: 0,

@@ -675,13 +675,20 @@ fn findings_text(s: &mut String, report: &Report) {
             thousands(r.references),
             thousands(r.frames),
             if r.scanned > 0 {
-                format!(", {} objects scanned for lack of a layout", thousands(r.scanned))
+                format!(
+                    ", {} objects scanned for lack of a layout",
+                    thousands(r.scanned)
+                )
             } else {
                 String::new()
             },
             r.ms / 1e3,
             if r.paused { "" } else { "not " },
-            if r.bounded { "; a bound was hit, chains may miss a holder" } else { "" }
+            if r.bounded {
+                "; a bound was hit, chains may miss a holder"
+            } else {
+                ""
+            }
         );
         if let Some(e) = &r.error {
             let _ = writeln!(s, "  no retention chains: {e}");

@@ -34,7 +34,9 @@ impl Retention {
         mem: Mem,
     ) -> Result<Retention, String> {
         let layout = RefLayout::of(version).ok_or_else(|| {
-            format!("references are read from Python 3.11 and 3.12 layouts only (this is {version})")
+            format!(
+                "references are read from Python 3.11 and 3.12 layouts only (this is {version})"
+            )
         })?;
         Ok(Retention {
             heap,
@@ -65,7 +67,10 @@ impl Retention {
         let samples = agg.samples(&keys, SAMPLES);
         let mut chains: HashMap<SiteKey, Vec<Chain>> = HashMap::new();
         for (&key, addrs) in &samples {
-            chains.insert(key, addrs.iter().map(|&a| chains::find(&graph, a)).collect());
+            chains.insert(
+                key,
+                addrs.iter().map(|&a| chains::find(&graph, a)).collect(),
+            );
         }
         let growers: Vec<Grower> = growing
             .iter()

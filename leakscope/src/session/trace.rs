@@ -1009,7 +1009,9 @@ impl Session<'_> {
             return Ok(());
         }
         let any_growing = rows.iter().any(|r| r.growing && r.live > 0);
-        let label = |r: &report::SiteReport| format!("{} ({} live)", r.type_name, report::thousands(r.live));
+        let label = |r: &report::SiteReport| {
+            format!("{} ({} live)", r.type_name, report::thousands(r.live))
+        };
         let folded = if findings.is_empty() {
             let entries: Vec<(&sites::Site, String, u64)> = rows
                 .iter()
@@ -1034,7 +1036,10 @@ impl Session<'_> {
                 entries.push((root.clone(), vec![top.clone()], f.root.live_bytes));
                 for r in &f.retained {
                     // Retained sites of one type are told apart by where they were born.
-                    let at = r.frames.first().map(|fr| format!(" at {}", fr.short_label()));
+                    let at = r
+                        .frames
+                        .first()
+                        .map(|fr| format!(" at {}", fr.short_label()));
                     let leaf = label(r) + &at.unwrap_or_default();
                     entries.push((root.clone(), vec![top.clone(), leaf], r.live_bytes));
                 }

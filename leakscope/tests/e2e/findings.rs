@@ -15,7 +15,9 @@ fn retention_read_without_pausing(report: &Value) {
     assert!(r["error"].is_null(), "{r}");
     eprintln!(
         "retention: {} objects, {} references, {:.0} ms",
-        r["objects"], r["references"], r["ms"].as_f64().unwrap()
+        r["objects"],
+        r["references"],
+        r["ms"].as_f64().unwrap()
     );
 }
 
@@ -23,7 +25,10 @@ fn retention_read_without_pausing(report: &Value) {
 /// LEAKS beside churn of the same shapes: one finding, the Record first, its chain ending
 /// at `LEAKS` of `__main__`. `sees_builtins`: the build's probes see dicts, strings and
 /// floats, which must then be retained by the Record, not findings of their own.
-fn a_leaked_record_is_one_finding_rooted_at_a_module_global(interpreter: &Path, sees_builtins: bool) {
+fn a_leaked_record_is_one_finding_rooted_at_a_module_global(
+    interpreter: &Path,
+    sees_builtins: bool,
+) {
     let target = python(interpreter, "retention.py", &["records", "100"]);
     let folded = tempdir("findings").join("leaks.folded");
     let run = trace(target.pid, 16, &["--folded", folded.to_str().unwrap()]);
@@ -35,10 +40,16 @@ fn a_leaked_record_is_one_finding_rooted_at_a_module_global(interpreter: &Path, 
     let root = &f[0]["root"];
     assert_eq!(root["type"], "__main__.Record", "{}", f[0]);
     let line = marker_line("retention.py", "RECORD-SITE");
-    assert_eq!(frame(root, 0), ("make_record".into(), "retention.py".into(), line));
+    assert_eq!(
+        frame(root, 0),
+        ("make_record".into(), "retention.py".into(), line)
+    );
     let chain = &f[0]["chain"];
     assert_eq!(chain["end"], "module", "{chain}");
-    assert_eq!(chain["kept_by"], "global LEAKS of module __main__", "{chain}");
+    assert_eq!(
+        chain["kept_by"], "global LEAKS of module __main__",
+        "{chain}"
+    );
     assert_eq!(chain["confirmed"], true, "{chain}");
     let links = chain["links"].as_array().unwrap();
     assert_eq!(links[0]["type"], "__main__.Record");
@@ -55,7 +66,10 @@ fn a_leaked_record_is_one_finding_rooted_at_a_module_global(interpreter: &Path, 
     );
     if sees_builtins {
         for t in ["dict", "str", "float"] {
-            assert!(retained.iter().any(|r| r == t), "{t} not retained: {retained:?}");
+            assert!(
+                retained.iter().any(|r| r == t),
+                "{t} not retained: {retained:?}"
+            );
         }
         assert!(f[0]["objects"].as_u64().unwrap() >= 5 * root["live"].as_u64().unwrap());
     }
@@ -107,7 +121,12 @@ fn a_cycle_through_a_c_holder_is_rooted_at_its_python_owner(interpreter: &Path) 
     let kinds: Vec<&str> = links.iter().map(|l| l["type"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
-        ["__main__.Downloader", "method", "leakext.Handle", "__main__.Downloader"],
+        [
+            "__main__.Downloader",
+            "method",
+            "leakext.Handle",
+            "__main__.Downloader"
+        ],
         "{chain}"
     );
     assert_eq!(links[1]["holds"], ".__self__");
@@ -124,7 +143,10 @@ fn a_cycle_through_a_c_holder_is_rooted_at_its_python_owner(interpreter: &Path) 
         .map(|r| r["type"].as_str().unwrap())
         .collect();
     assert!(retained.contains(&"leakext.Handle"), "{retained:?}");
-    eprintln!("finding: Downloader retaining {retained:?}, kept alive by {}", chain["kept_by"]);
+    eprintln!(
+        "finding: Downloader retaining {retained:?}, kept alive by {}",
+        chain["kept_by"]
+    );
 }
 
 /// Records kept in a local list of a function that never returns: the chain ends at that
@@ -134,13 +156,20 @@ fn a_leak_in_a_running_function_s_local_is_rooted_at_its_frame(interpreter: &Pat
     let run = trace(target.pid, 14, &[]);
     let last = run.last();
     retention_read_without_pausing(&last);
-    assert!(last["retention"]["frames"].as_u64().unwrap() >= 3, "{}", last["retention"]);
+    assert!(
+        last["retention"]["frames"].as_u64().unwrap() >= 3,
+        "{}",
+        last["retention"]
+    );
     let f = findings(&last);
     assert_eq!(f.len(), 1, "{last}");
     let chain = &f[0]["chain"];
     assert_eq!(f[0]["root"]["type"], "__main__.Record");
     assert_eq!(chain["end"], "frame", "{chain}");
-    assert_eq!(chain["kept_by"], "local history of serve (thread 1), running", "{chain}");
+    assert_eq!(
+        chain["kept_by"], "local history of serve (thread 1), running",
+        "{chain}"
+    );
     assert_eq!(chain["confirmed"], true, "{chain}");
     let links = chain["links"].as_array().unwrap();
     assert_eq!(links[1]["type"], "list", "{chain}");
@@ -158,7 +187,10 @@ fn pyenv_311_a_leak_in_a_class_attribute_is_rooted_at_the_class() {
     assert_eq!(f.len(), 1, "{last}");
     let chain = &f[0]["chain"];
     assert_eq!(chain["end"], "class", "{chain}");
-    assert_eq!(chain["kept_by"], "attribute items of class __main__.Registry", "{chain}");
+    assert_eq!(
+        chain["kept_by"], "attribute items of class __main__.Registry",
+        "{chain}"
+    );
     assert_eq!(chain["confirmed"], true, "{chain}");
 }
 
