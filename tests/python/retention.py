@@ -5,11 +5,14 @@
                                          default 200), beside churn of the same shapes
     python retention.py local [RATE]     Records kept in a local list of the running function
                                          serve (a thread's frame is the root)
+    python retention.py task [RATE]      Records kept in a local list of a coroutine that an
+                                         asyncio task runs (suspended at each await)
     python retention.py class [RATE]     Records appended to a class attribute, Registry.items
     python retention.py handle [RATE]    a Downloader whose C-level Handle (leakext, no GC
                                          support) holds its bound method: a cycle the
                                          collector cannot break (argv[3]: where leakext is)
 """
+import asyncio
 import sys
 import time
 
@@ -62,9 +65,27 @@ def serve():
         time.sleep(0.005)
 
 
+async def worker():
+    backlog = []
+    start = time.monotonic()
+    while True:
+        due = int((time.monotonic() - start) * RATE)
+        while len(backlog) < due:
+            backlog.append(make_record(len(backlog)))
+        await asyncio.sleep(0.005)
+
+
+async def run_task():
+    task = asyncio.get_running_loop().create_task(worker())
+    print("ready", flush=True)
+    await task
+
+
 def main():
     if MODE == "local":
         serve()
+    if MODE == "task":
+        asyncio.run(run_task())
     leakext = None
     if MODE == "handle":
         sys.path.insert(0, sys.argv[3])

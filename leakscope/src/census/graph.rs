@@ -174,6 +174,18 @@ impl Graph {
         }
     }
 
+    /// The code object whose locals `holder` holds: a running frame's, or a generator's or
+    /// frame object's own frame's.
+    pub fn code_of(&self, mem: &dyn Memory, holder: u64) -> Option<u64> {
+        if let Some(&(code, _)) = self.frames.get(&holder) {
+            return Some(code);
+        }
+        let kind = self.types.get(&self.type_of(holder)?)?.kind;
+        let f = refs::iframe_of(self.layout.version(), kind, mem, holder)?;
+        let l = refs::thread_layout(self.layout.version())?;
+        mem.u64(f + l.stack.frame_code).ok()
+    }
+
     /// A running frame's code object and its thread's place in the interpreter's list.
     pub fn frame(&self, addr: u64) -> Option<(u64, usize)> {
         self.frames.get(&addr).copied()
@@ -231,16 +243,17 @@ impl Graph {
         {
             Some(Kind::Module) => Node::Module,
             Some(Kind::Type) => Node::Type,
-            Some(Kind::Scan { native: true }) => Node::Native,
+            Some(Kind::Scan { native: true, gc: false }) => Node::Native,
             _ => Node::Other,
         }
     }
 
     /// Does `holder` still refer to `held` the same way? Read again, now.
     pub fn holds(&self, mem: &dyn Memory, holder: u64, held: u64, via: Via) -> bool {
-        if let (Via::Local(i), Some(l)) = (via, refs::thread_layout(self.layout.version())) {
-            return self.frames.contains_key(&holder)
-                && mem.u64(holder + l.frame_localsplus + 8 * i as u64).ok() == Some(held);
+        if let (Via::Local(i), Some(l)) = (via, refs::thread_layout(self.layout.version()))
+            && self.frames.contains_key(&holder)
+        {
+            return mem.u64(holder + l.frame_localsplus + 8 * i as u64).ok() == Some(held);
         }
         let Some(t) = self.type_of(holder) else {
             return false;

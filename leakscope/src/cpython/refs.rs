@@ -47,6 +47,50 @@ pub const FUNCTION_FIELDS: &[(u64, &str)] = &[
     (104, "__module__"),
     (112, "__annotations__"),
 ];
+/// `PyGenObject.gi_iframe` (the generator's own `_PyInterpreterFrame`, inline).
+pub fn gen_iframe(v: Version) -> u64 {
+    if v.minor == 11 { 80 } else { 72 }
+}
+/// `PyFrameObject.f_back`, `.f_frame` (its `_PyInterpreterFrame`, inline or on a thread's
+/// stack while it runs).
+pub const FRAME_BACK: u64 = 16;
+pub const FRAME_IFRAME: u64 = 24;
+/// `PyTracebackObject.tb_next`, `.tb_frame`.
+pub const TB_NEXT: u64 = 16;
+pub const TB_FRAME: u64 = 24;
+
+/// The `_PyInterpreterFrame` whose locals an object holds (a generator's inline one, a
+/// frame object's), if it is one of those.
+pub fn iframe_of(v: Version, kind: Kind, mem: &dyn Memory, addr: u64) -> Option<u64> {
+    match kind {
+        Kind::Generator => Some(addr + gen_iframe(v)),
+        Kind::Frame => mem.u64(addr + FRAME_IFRAME).ok().filter(|&f| f != 0),
+        _ => None,
+    }
+}
+
+/// Slots of an interpreter frame's `localsplus` that hold objects: its locals, cells and
+/// free variables (`co_nlocalsplus` of its code), and its value stack up to `stacktop`
+/// when that is known (-1 while the frame runs).
+pub fn frame_locals(v: Version, mem: &dyn Memory, iframe: u64) -> Vec<(u64, Via)> {
+    let Some(l) = thread_layout(v) else {
+        return vec![];
+    };
+    let Ok(code) = mem.u64(iframe + l.stack.frame_code) else {
+        return vec![];
+    };
+    let top = mem.u64(iframe + l.frame_stacktop).unwrap_or(0) as u32 as i32;
+    let locals = mem.u64(code + l.co_nlocalsplus).unwrap_or(0) as u32 as i32;
+    let n = if top >= 0 { top.max(locals) } else { locals }.clamp(0, 4096) as u64;
+    words(mem, iframe + l.frame_localsplus, n)
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .filter(|&(_, w)| w != 0)
+        .map(|(i, w)| (w, Via::Local(i as u32)))
+        .collect()
+}
+
 /// Thread frames, the roots that hold running code's locals (3.11, 3.12; DWARF
 /// `ptype /o`): `PyInterpreterState.threads.head`, `PyThreadState.next`, and of
 /// `_PyInterpreterFrame`: `stacktop` (an int: locals, cells and the value stack in use)
@@ -131,11 +175,14 @@ pub enum Kind {
     Type,
     /// An instance of a Python class (a heap type).
     Instance,
-    /// No layout: scanned. `native`: a C extension's type (the collector may not see what
-    /// it holds); otherwise one of the interpreter's own (frames, generators, ...).
-    Scan {
-        native: bool,
-    },
+    /// A generator, coroutine or async generator: its frame is inside it.
+    Generator,
+    /// A frame object (`sys._getframe()`, a traceback's frame).
+    Frame,
+    Traceback,
+    /// No layout: scanned. `native`: a C extension's type; `gc`: the collector traverses it
+    /// (a native type without GC support is a holder the collector does not see through).
+    Scan { native: bool, gc: bool },
 }
 
 /// `kind` of a type from what the resolver read of it. `interpreter`: a static type of the
@@ -147,8 +194,9 @@ pub fn kind_of(name: &str, flags: u64, heap: bool, interpreter: bool) -> Kind {
     if heap {
         return Kind::Instance;
     }
+    let gc = flags & TPFLAGS_HAVE_GC != 0;
     if !interpreter {
-        return Kind::Scan { native: true };
+        return Kind::Scan { native: true, gc };
     }
     match name {
         "tuple" => Kind::Tuple,
@@ -159,7 +207,10 @@ pub fn kind_of(name: &str, flags: u64, heap: bool, interpreter: bool) -> Kind {
         "method" => Kind::Method,
         "function" => Kind::Function,
         "module" => Kind::Module,
-        _ if flags & TPFLAGS_HAVE_GC != 0 => Kind::Scan { native: false },
+        "generator" | "coroutine" | "async_generator" => Kind::Generator,
+        "frame" => Kind::Frame,
+        "traceback" => Kind::Traceback,
+        _ if gc => Kind::Scan { native: false, gc },
         _ => Kind::Leaf,
     }
 }
@@ -298,6 +349,20 @@ pub fn referents(
                 push(w, Via::Slot(off));
             }
         }
+        Kind::Generator | Kind::Frame => {
+            if t.kind == Kind::Frame {
+                push(field(FRAME_BACK).unwrap_or(0), Via::Field("f_back"));
+            }
+            if let Some(f) = iframe_of(layout.version, t.kind, mem, addr) {
+                for (w, via) in frame_locals(layout.version, mem, f) {
+                    push(w, via);
+                }
+            }
+        }
+        Kind::Traceback => {
+            push(field(TB_NEXT).unwrap_or(0), Via::Field("tb_next"));
+            push(field(TB_FRAME).unwrap_or(0), Via::Field("tb_frame"));
+        }
         Kind::Scan { .. } => {
             let n = if t.itemsize > 0 {
                 field(super::OB_SIZE).unwrap_or(0)
@@ -407,14 +472,19 @@ mod tests {
         let gc = TPFLAGS_HAVE_GC;
         assert_eq!(kind_of("tuple", gc, false, true), Kind::Tuple);
         assert_eq!(kind_of("str", 0, false, true), Kind::Leaf);
+        assert_eq!(kind_of("frame", gc, false, true), Kind::Frame);
         assert_eq!(
-            kind_of("frame", gc, false, true),
-            Kind::Scan { native: false }
+            kind_of("cell_iterator", gc, false, true),
+            Kind::Scan { native: false, gc: true }
         );
         assert_eq!(
             kind_of("list", 0, false, false),
-            Kind::Scan { native: true },
+            Kind::Scan { native: true, gc: false },
             "a C type named list"
+        );
+        assert_eq!(
+            kind_of("_asyncio.Task", gc, false, false),
+            Kind::Scan { native: true, gc: true }
         );
         assert_eq!(kind_of("Leak", gc, true, false), Kind::Instance);
         assert_eq!(
@@ -504,7 +574,7 @@ mod tests {
             &*m,
             0x6000,
             0x7777_0000,
-            facts(Kind::Scan { native: true }, 40),
+            facts(Kind::Scan { native: true, gc: false }, 40),
             &known,
         );
         assert_eq!(r, vec![(0x8000, Via::Scanned(16))]);

@@ -220,7 +220,7 @@ impl Retention {
         let l = crate::cpython::refs::thread_layout(self.layout.version());
         (|| {
             let l = l?;
-            let (code, _) = graph.frame(frame)?;
+            let code = graph.code_of(&*self.mem, frame)?;
             let n = self.mem.u64(code + l.co_nlocalsplus).ok()? as u32;
             if i >= n {
                 return Some("(value stack)".to_string());

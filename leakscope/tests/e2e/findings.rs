@@ -176,6 +176,28 @@ fn a_leak_in_a_running_function_s_local_is_rooted_at_its_frame(interpreter: &Pat
     assert_eq!(links.last().unwrap()["holds"], "local history", "{chain}");
 }
 
+/// Records kept in a coroutine's local, the coroutine run by an asyncio task: the chain
+/// passes through the suspended coroutine (its local named) and the task.
+#[test]
+#[ignore = "privileged: needs root and pyenv 3.11.7"]
+fn pyenv_311_a_leak_in_a_suspended_coroutine_is_traced_through_its_task() {
+    require_root();
+    let target = python(&pyenv("3.11.7"), "retention.py", &["task", "100"]);
+    let last = trace(target.pid, 14, &[]).last();
+    let f = findings(&last);
+    assert_eq!(f.len(), 1, "{last}");
+    let chain = &f[0]["chain"];
+    assert_eq!(chain["confirmed"], true, "{chain}");
+    let links = chain["links"].as_array().unwrap();
+    let steps: Vec<(&str, &str)> = links
+        .iter()
+        .map(|l| (l["type"].as_str().unwrap(), l["holds"].as_str().unwrap()))
+        .collect();
+    assert_eq!(steps[1].0, "list", "{chain}");
+    assert_eq!(steps[2], ("coroutine", "local backlog"), "{chain}");
+    assert!(steps.iter().any(|s| s.0 == "_asyncio.Task"), "{chain}");
+}
+
 /// Records appended to a class attribute: the chain ends at the class, naming the attribute.
 #[test]
 #[ignore = "privileged: needs root and pyenv 3.11.7"]
