@@ -644,19 +644,33 @@ fn sites_text(s: &mut String, report: &Report) {
     }
 }
 
+/// Counts of a site in a finding: exact, or (sampled) followed and estimated in all.
+fn site_counts(site: &SiteReport) -> String {
+    match &site.estimate {
+        Some(e) => format!(
+            "{} followed live, ≈ {}±{} in all · ≈ {:.1}±{:.1}/s",
+            thousands(site.live),
+            thousands(e.live.round() as u64),
+            thousands(e.live_err.round() as u64),
+            e.rate_per_s,
+            e.rate_err
+        ),
+        None => format!(
+            "{} live · {} · {:.1}/s",
+            thousands(site.live),
+            human_bytes(site.live_bytes),
+            site.rate_per_s
+        ),
+    }
+}
+
 /// One line for a site in a finding: type, counts, where.
 fn site_line(site: &SiteReport) -> String {
     let at = site
         .frames
         .first()
         .map_or("[no Python stack]".to_string(), |f| f.label());
-    format!(
-        "{} · {} live · {} · {:.1}/s · {at}",
-        site.type_name,
-        thousands(site.live),
-        human_bytes(site.live_bytes),
-        site.rate_per_s
-    )
+    format!("{} · {} · {at}", site.type_name, site_counts(site))
 }
 
 fn findings_text(s: &mut String, report: &Report) {
@@ -697,12 +711,10 @@ fn findings_text(s: &mut String, report: &Report) {
     for (i, f) in report.findings.iter().enumerate() {
         let _ = writeln!(
             s,
-            "● {}. {} · {} live · {} · {:.1}/s",
+            "● {}. {} · {}",
             i + 1,
             f.root.type_name,
-            thousands(f.root.live),
-            human_bytes(f.root.live_bytes),
-            f.root.rate_per_s
+            site_counts(&f.root)
         );
         for fr in f.root.frames.iter().take(SITE_FRAMES) {
             let _ = writeln!(s, "      {}", fr.label());
@@ -713,9 +725,10 @@ fn findings_text(s: &mut String, report: &Report) {
         if !f.retained.is_empty() {
             let _ = writeln!(
                 s,
-                "    retains {} growing site{}; with them: {} objects · {} · {}/s",
+                "    retains {} growing site{}; with them{}: {} objects · {} · {}/s",
                 f.retained.len(),
                 if f.retained.len() == 1 { "" } else { "s" },
+                if f.root.estimate.is_some() { " (followed)" } else { "" },
                 thousands(f.objects),
                 human_bytes(f.bytes),
                 human_bytes(f.bytes_per_s.round() as u64)
@@ -976,6 +989,71 @@ mod tests {
   lost: 0 events (ring buffer full) · 0 unreadable objects · 0 unreadable types
 ";
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_finding_shows_its_root_what_it_retains_and_its_chain() {
+        let mut r = report();
+        let root = r.sites[0].clone();
+        let mut dict = root.clone();
+        dict.type_name = "dict".into();
+        r.findings = vec![FindingReport {
+            root,
+            retained: vec![dict],
+            objects: 40_000,
+            bytes: 2_560_000,
+            rate_per_s: 4000.0,
+            bytes_per_s: 256_000.0,
+            chain: Some(ChainReport {
+                links: vec![
+                    LinkReport {
+                        type_name: "__main__.Leak".into(),
+                        address: "0x10".into(),
+                        holds: String::new(),
+                        c_holder: false,
+                    },
+                    LinkReport {
+                        type_name: "leakext.Handle".into(),
+                        address: "0x20".into(),
+                        holds: "(+0x10)".into(),
+                        c_holder: true,
+                    },
+                    LinkReport {
+                        type_name: "__main__.Leak".into(),
+                        address: "0x10".into(),
+                        holds: ".handle".into(),
+                        c_holder: false,
+                    },
+                ],
+                end: crate::model::chains::End::Cycle,
+                kept_by: "a cycle the collector cannot break".into(),
+                confirmed: false,
+                through_c_holder: true,
+            }),
+        }];
+        r.retention = Some(RetentionInfo {
+            ms: 420.0,
+            paused: false,
+            objects: 75_000,
+            references: 180_000,
+            scanned: 0,
+            frames: 2,
+            bounded: false,
+            error: None,
+        });
+        let got = text(&r, 20);
+        for want in [
+            "  LEAK FINDINGS (each: the root to fix, what it retains, and what keeps it alive)",
+            "  (heap read from outside: 75,000 objects, 180,000 references, 2 running frames in 0.4 s; the target was not paused)",
+            "● 1. __main__.Leak · 20,000 live · 1.2 MiB · 2000.0/s",
+            "    retains 1 growing site; with them: 40,000 objects · 2.4 MiB · 250.0 KiB/s",
+            "      ↳ dict · 20,000 live · 1.2 MiB · 2000.0/s · level3 (app.py:7)",
+            "    kept alive by: a cycle the collector cannot break (not confirmed: the heap moved while it was read)",
+            "      __main__.Leak ← leakext.Handle (C, not traversed) ← __main__.Leak .handle",
+        ] {
+            assert!(got.contains(want), "missing {want:?} in:\n{got}");
+        }
+        assert!(got.find("LEAK FINDINGS") < got.find("GROWING ALLOCATION SITES"));
     }
 
     #[test]
