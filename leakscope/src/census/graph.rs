@@ -14,8 +14,9 @@ use crate::target::Memory;
 use hashbrown::{HashMap, HashSet};
 use std::time::Instant;
 
-/// Most edges kept (about 24 bytes each); past it the graph says it is bounded.
-pub const MAX_EDGES: u64 = 50_000_000;
+/// Most references kept (about 40 bytes each with the index: ~400 MB at the bound); past it
+/// the graph says it is bounded and chains may miss a holder.
+pub const MAX_EDGES: u64 = 10_000_000;
 
 /// A type as the graph sees it.
 #[derive(Clone, Debug)]
@@ -243,7 +244,10 @@ impl Graph {
         {
             Some(Kind::Module) => Node::Module,
             Some(Kind::Type) => Node::Type,
-            Some(Kind::Scan { native: true, gc: false }) => Node::Native,
+            Some(Kind::Scan {
+                native: true,
+                gc: false,
+            }) => Node::Native,
             _ => Node::Other,
         }
     }

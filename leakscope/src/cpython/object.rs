@@ -125,7 +125,7 @@ pub enum Beside {
 }
 
 /// Reads the managed pre-header words (docs/cpython.md §4): 3.11 values pointer at −32 and
-/// dict at −24; 3.12 one tagged word at −24 (`values | 1`, or the dict); 3.13 the dict at
+/// dict at −24; 3.12 one tagged word at −24 (`values − 1`, odd, or the dict); 3.13 the dict at
 /// −24 (values are inline).
 pub fn beside(v: Version, flags: u64, word_m32: u64, word_m24: u64) -> Beside {
     if flags & TPFLAGS_MANAGED_DICT == 0 {

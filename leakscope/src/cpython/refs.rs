@@ -182,7 +182,10 @@ pub enum Kind {
     Traceback,
     /// No layout: scanned. `native`: a C extension's type; `gc`: the collector traverses it
     /// (a native type without GC support is a holder the collector does not see through).
-    Scan { native: bool, gc: bool },
+    Scan {
+        native: bool,
+        gc: bool,
+    },
 }
 
 /// `kind` of a type from what the resolver read of it. `interpreter`: a static type of the
@@ -408,7 +411,8 @@ fn scan(
 }
 
 /// A managed-dict instance's values array and materialized `__dict__` (docs/cpython.md §4):
-/// 3.11 values at −32, dict at −24; 3.12 one word at −24, `values | 1` or the dict.
+/// 3.11 values at −32, dict at −24; 3.12 one word at −24: `values − 1` (odd: the values
+/// are 8-aligned; 3.12.1 `pycore_object.h:389,402`) or the dict.
 fn managed(v: Version, mem: &dyn Memory, addr: u64) -> (Option<u64>, Option<u64>) {
     let m24 = mem.u64(addr - MANAGED_DICT_AT).unwrap_or(0);
     match v.minor {
@@ -416,7 +420,7 @@ fn managed(v: Version, mem: &dyn Memory, addr: u64) -> (Option<u64>, Option<u64>
             let m32 = mem.u64(addr - MANAGED_DICT_AT - 8).unwrap_or(0);
             ((m32 != 0).then_some(m32), (m24 != 0).then_some(m24))
         }
-        _ if m24 & 1 == 1 => (Some(m24 - 1), None),
+        _ if m24 & 1 == 1 => (Some(m24 + 1), None),
         _ => (None, (m24 != 0).then_some(m24)),
     }
 }
@@ -475,16 +479,25 @@ mod tests {
         assert_eq!(kind_of("frame", gc, false, true), Kind::Frame);
         assert_eq!(
             kind_of("cell_iterator", gc, false, true),
-            Kind::Scan { native: false, gc: true }
+            Kind::Scan {
+                native: false,
+                gc: true
+            }
         );
         assert_eq!(
             kind_of("list", 0, false, false),
-            Kind::Scan { native: true, gc: false },
+            Kind::Scan {
+                native: true,
+                gc: false
+            },
             "a C type named list"
         );
         assert_eq!(
             kind_of("_asyncio.Task", gc, false, false),
-            Kind::Scan { native: true, gc: true }
+            Kind::Scan {
+                native: true,
+                gc: true
+            }
         );
         assert_eq!(kind_of("Leak", gc, true, false), Kind::Instance);
         assert_eq!(
@@ -562,6 +575,34 @@ mod tests {
         assert_eq!(r, vec![(0xe0, Via::Key), (0xe8, Via::Value { key: 0xe0 })]);
     }
 
+    /// 3.12 keeps `values − 1` (odd) at `op − 24` (3.12.1 `pycore_object.h:402`).
+    #[test]
+    fn managed_values_312_are_stored_minus_one() {
+        let v = Version {
+            major: 3,
+            minor: 12,
+            patch: 1,
+        };
+        let m = FakeMemory::new();
+        let l = RefLayout::of(v).unwrap();
+        let (obj, ty, keys, values) = (0x10_020u64, 0x20_000u64, 0x30_000u64, 0x40_000u64);
+        m.put_words(ty + ht_cached_keys(v).unwrap(), &[keys]);
+        m.put_words(keys, &[1]);
+        m.put_bytes(keys + dict::DK_LOG2_SIZE, &[3, 3, 1, 0]);
+        m.put_words(keys + dict::DK_USABLE, &[4, 1]);
+        m.put_words(keys + dict::DK_INDICES_311 + 8, &[0xaa0, 0]);
+        m.put_words(values, &[0x1110]);
+        m.put_words(obj - 24, &[values - 1, 0, 0, 1, ty]);
+        let t = TypeFacts {
+            kind: Kind::Instance,
+            basicsize: 16,
+            itemsize: 0,
+            flags: TPFLAGS_MANAGED_DICT | TPFLAGS_HAVE_GC,
+        };
+        let r = referents(&l, &*m, obj, ty, t, &|_| false);
+        assert_eq!(r, vec![(0x1110, Via::Attr { key: 0xaa0 })]);
+    }
+
     #[test]
     fn a_scan_keeps_only_words_that_are_known_objects() {
         let m = FakeMemory::new();
@@ -574,7 +615,13 @@ mod tests {
             &*m,
             0x6000,
             0x7777_0000,
-            facts(Kind::Scan { native: true, gc: false }, 40),
+            facts(
+                Kind::Scan {
+                    native: true,
+                    gc: false,
+                },
+                40,
+            ),
             &known,
         );
         assert_eq!(r, vec![(0x8000, Via::Scanned(16))]);

@@ -728,7 +728,11 @@ fn findings_text(s: &mut String, report: &Report) {
                 "    retains {} growing site{}; with them{}: {} objects · {} · {}/s",
                 f.retained.len(),
                 if f.retained.len() == 1 { "" } else { "s" },
-                if f.root.estimate.is_some() { " (followed)" } else { "" },
+                if f.root.estimate.is_some() {
+                    " (followed)"
+                } else {
+                    ""
+                },
                 thousands(f.objects),
                 human_bytes(f.bytes),
                 human_bytes(f.bytes_per_s.round() as u64)

@@ -891,6 +891,9 @@ impl Session<'_> {
                 (vec![], None)
             }
             (Ok(r), _) => {
+                eprintln!(
+                    "leakscope: reading the heap for leak findings (the target keeps running)…"
+                );
                 let (f, info) = r.findings(agg, &site_rows, &|row| site_report(row, sites));
                 (f, Some(info))
             }

@@ -238,6 +238,39 @@ fn pyenv_311_a_leaked_record_is_one_finding_rooted_at_a_module_global() {
 }
 
 #[test]
+#[ignore = "privileged: needs root and pyenv 3.12.1"]
+fn pyenv_312_a_leaked_record_is_one_finding_rooted_at_a_module_global() {
+    require_root();
+    a_leaked_record_is_one_finding_rooted_at_a_module_global(&pyenv("3.12.1"), true);
+}
+
+#[test]
+#[ignore = "privileged: needs root and pyenv 3.12.1"]
+fn pyenv_312_a_leak_in_a_running_function_s_local_is_rooted_at_its_frame() {
+    require_root();
+    a_leak_in_a_running_function_s_local_is_rooted_at_its_frame(&pyenv("3.12.1"));
+}
+
+/// Versions without reference layouts say so instead of inventing chains.
+#[test]
+#[ignore = "privileged: needs root and pyenv 3.10.13"]
+fn pyenv_310_findings_say_why_there_are_no_chains() {
+    require_root();
+    let target = python(&pyenv("3.10.13"), "retention.py", &["records", "100"]);
+    let last = trace(target.pid, 12, &[]).last();
+    let err = last["retention"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(err.contains("3.11 and 3.12"), "{}", last["retention"]);
+    assert!(findings(&last).is_empty());
+    assert!(
+        !growing_sites(&last).is_empty(),
+        "the leak still grows: {last}"
+    );
+}
+
+#[test]
 #[ignore = "privileged: needs root and Debian's python3.11"]
 fn debian_311_a_leaked_record_is_one_finding_rooted_at_a_module_global() {
     require_root();
