@@ -147,9 +147,9 @@ impl Heap {
 }
 
 pub struct Walker<'a> {
+    heap: Heap,
     mem: Mem,
     layout: GcLayout,
-    runtime: u64,
     type_type: u64,
     resolver: &'a mut Resolver,
     valid_types: HashMap<u64, bool>,
@@ -164,17 +164,18 @@ pub struct Walker<'a> {
 
 impl<'a> Walker<'a> {
     pub fn new(heap: &Heap, resolver: &'a mut Resolver) -> Self {
+        let whole = heap.clone();
         let Heap {
             mem,
             layout,
             version,
-            runtime,
             type_type,
+            ..
         } = heap.clone();
         Walker {
+            heap: whole,
             mem,
             layout,
-            runtime,
             type_type,
             resolver,
             valid_types: HashMap::new(),
@@ -292,16 +293,7 @@ impl<'a> Walker<'a> {
 
     /// The interpreters, in list order.
     fn interpreters(&self) -> Vec<u64> {
-        let mut out = vec![];
-        let mut interp = self
-            .mem
-            .u64(self.runtime + self.layout.interpreters_head)
-            .unwrap_or(0);
-        while interp != 0 && !out.contains(&interp) && out.len() < MAX_INTERPRETERS {
-            out.push(interp);
-            interp = self.mem.u64(interp + self.layout.interp_next).unwrap_or(0);
-        }
-        out
+        self.heap.interpreters()
     }
 
     /// Walks one circular list of `PyGC_Head`s anchored at `head`.

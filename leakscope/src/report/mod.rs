@@ -597,16 +597,7 @@ fn sites_text(s: &mut String, report: &Report) {
     let _ = writeln!(s, "  GROWING ALLOCATION SITES (innermost frame first)");
     for site in growing {
         let _ = match &site.estimate {
-            Some(e) => writeln!(
-                s,
-                "▲ {} · {} followed live, ≈ {}±{} in all · ≈ {:.1}±{:.1}/s",
-                site.type_name,
-                thousands(site.live),
-                thousands(e.live.round() as u64),
-                thousands(e.live_err.round() as u64),
-                e.rate_per_s,
-                e.rate_err
-            ),
+            Some(_) => writeln!(s, "▲ {} · {}", site.type_name, site_counts(site)),
             None => writeln!(
                 s,
                 "▲ {} · {} live{} · {} · {:.1}/s",
