@@ -1035,7 +1035,7 @@ impl Session<'_> {
                     frames: f.root.frames.clone(),
                     truncated: f.root.truncated,
                 };
-                let top = format!("▲ {}", label(&f.root));
+                let top = label(&f.root);
                 entries.push((root.clone(), vec![top.clone()], f.root.live_bytes));
                 for r in &f.retained {
                     // Retained sites of one type are told apart by where they were born.

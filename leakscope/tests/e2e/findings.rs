@@ -77,7 +77,7 @@ fn a_leaked_record_is_one_finding_rooted_at_a_module_global(
     let folded = std::fs::read_to_string(&folded).unwrap();
     let under_root = |t: &str| {
         folded.lines().any(|l| {
-            l.contains(&format!("retention.py:{line});▲ __main__.Record ("))
+            l.contains(&format!("retention.py:{line});__main__.Record ("))
                 && l.contains(&format!(" live);{t} ("))
         })
     };
