@@ -890,6 +890,12 @@ impl Session<'_> {
             _ if reason.is_none() || !site_rows.iter().any(|r| r.growing && r.live > 0) => {
                 (vec![], None)
             }
+            _ if reason == Some(EndReason::TargetExited) || !self.process.alive() => (
+                vec![],
+                Some(retention::unavailable(
+                    "the target exited: its heap can no longer be read".into(),
+                )),
+            ),
             (Ok(r), _) => {
                 eprintln!(
                     "leakscope: reading the heap for leak findings (the target keeps running)…"

@@ -421,4 +421,11 @@ fn pyenv_311_sampled_target_that_exits_keeps_its_leak() {
     assert_eq!(report["reason"], "target exited", "{report:#}");
     assert_eq!(report["mode"], "sampled", "{report:#}");
     the_leak_site(&report, "overhead_churn.py");
+    // A dead target's heap cannot be read: no chains that all say "no holder".
+    let retention = report["retention"]["error"].as_str().unwrap_or("");
+    assert!(retention.contains("target exited"), "{report:#}");
+    assert!(
+        report["findings"].as_array().is_none_or(|f| f.is_empty()),
+        "{report:#}"
+    );
 }
