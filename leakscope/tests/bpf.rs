@@ -6,7 +6,7 @@
 //! `cargo xtask build-ebpf`: `cargo test --release --test bpf -- --include-ignored`.
 use iced_x86::Register;
 use leakscope::probes::disasm;
-use leakscope::probes::kernel::{self, AttachOptions, Counters, Tracer};
+use leakscope::probes::kernel::{self, AttachOptions, Counters, LinkKind, Tracer};
 use leakscope::probes::plan::{Coverage, Plan, ProbeSpec};
 use leakscope::target::elf::Binary;
 use leakscope_common::{EVENT_BIRTH, EVENT_FREE, Event, StackConfig, names};
@@ -109,6 +109,11 @@ fn probe(bin: &Binary, function: &str, program: &'static str, arg: Register) -> 
 }
 
 fn attach(probes: Vec<ProbeSpec>, verbose: bool) -> Tracer {
+    attach_with(probes, verbose, false)
+}
+
+/// `perf_links`: aya's perf-event links instead of uprobe_multi ones.
+fn attach_with(probes: Vec<ProbeSpec>, verbose: bool, perf_links: bool) -> Tracer {
     let plan = Plan {
         coverage: Coverage::Complete,
         probes,
@@ -117,6 +122,7 @@ fn attach(probes: Vec<ProbeSpec>, verbose: bool) -> Tracer {
         stats: false,
         stack_config: StackConfig::default(),
         verbose,
+        perf_links,
     };
     match Tracer::attach(&plan, std::process::id(), &opts) {
         Ok(t) => t,
@@ -382,8 +388,16 @@ hook!(leakscope_test_window_birth(obj: *const FakeObject) {});
 #[ignore = "privileged: needs root; cargo xtask test runs it"]
 fn probes_detach_and_reattach_between_windows_and_calibration_leaves_nothing_behind() {
     require_root();
+    // Both kinds of link: uprobe_multi (the default where the kernel has it, as here) and
+    // aya's perf-event links (the fallback).
+    for perf_links in [false, true] {
+        windows_leave_nothing_behind(perf_links);
+    }
+}
+
+fn windows_leave_nothing_behind(perf_links: bool) {
     let bin = binary();
-    let mut tracer = attach(
+    let mut tracer = attach_with(
         vec![probe(
             &bin,
             "leakscope_test_window_birth",
@@ -391,6 +405,17 @@ fn probes_detach_and_reattach_between_windows_and_calibration_leaves_nothing_beh
             Register::RDI,
         )],
         false,
+        perf_links,
+    );
+    let expected = if perf_links {
+        LinkKind::PerfEvent
+    } else {
+        LinkKind::UprobeMulti
+    };
+    assert_eq!(
+        tracer.link_kind(),
+        expected,
+        "Linux 6.18 has uprobe_multi links"
     );
     let birth = black_box(leakscope_test_window_birth as extern "C" fn(*const FakeObject));
     let objs = objects(4);
@@ -400,7 +425,7 @@ fn probes_detach_and_reattach_between_windows_and_calibration_leaves_nothing_beh
         Ok(c) => c,
         Err(e) => panic!("calibrate: {e:#}"),
     };
-    eprintln!("trap cost on this machine: {cost:?}");
+    eprintln!("trap cost on this machine ({expected:?} links): {cost:?}");
     assert!(
         cost.emulated_ns.is_finite() && cost.stepped_ns.is_finite(),
         "{cost:?}"

@@ -117,11 +117,30 @@ pub struct Tracer {
     stats: Option<OwnedFd>,
     /// The plan's probes and, while attached, each one's link.
     specs: Vec<ProbeSpec>,
-    links: Vec<(&'static str, UProbeLinkId)>,
-    /// Links being closed on their own threads (the kernel takes ~100 ms per uprobe to
-    /// retire one after removing its breakpoints; the loop must not wait for that).
+    links: Vec<(&'static str, Link)>,
+    /// Links being closed on their own threads (the kernel takes ~0.1–0.2 s to retire
+    /// one; the loop must not wait for that).
     detaching: Vec<std::thread::JoinHandle<()>>,
+    /// The programs loaded for uprobe_multi links, when the kernel has them; `None`: aya's
+    /// perf-event links (which keep trapping for ~0.2 s after each detach).
+    multi: Option<super::multi::MultiPrograms>,
     pid: NonZeroU32,
+}
+
+/// One attached probe.
+enum Link {
+    Perf(UProbeLinkId),
+    Multi(OwnedFd),
+}
+
+/// Which kind of link the probes use, for the report and `-v`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkKind {
+    /// uprobe_multi links (Linux ≥ 6.6): a detach removes the breakpoints at once.
+    UprobeMulti,
+    /// perf-event links: the breakpoints stay for a grace period after a detach.
+    PerfEvent,
 }
 
 /// How to attach.
@@ -132,6 +151,9 @@ pub struct AttachOptions {
     pub stack_config: StackConfig,
     /// Forward the BPF programs' log to stderr (`-v`).
     pub verbose: bool,
+    /// Use perf-event links even where uprobe_multi links work (`LEAKSCOPE_PERF_LINKS=1`:
+    /// for comparison, and to test that path on a kernel that has both).
+    pub perf_links: bool,
 }
 
 /// What the kernel side counted, summed over CPUs.
@@ -264,6 +286,7 @@ impl Tracer {
             stats,
             stack_config,
             verbose,
+            perf_links,
         } = *opts;
         if BPF_OBJECT.is_empty() {
             bail!(
@@ -297,6 +320,8 @@ impl Tracer {
             .override_global(names::LOG_ENABLED, &log_enabled, true)
             .load(BPF_OBJECT)
             .map_err(explain)?;
+        // Before any map is taken out of `ebpf`: the programs are relocated against them.
+        let multi = if perf_links { None } else { load_multi(&ebpf) };
         // Taken before the programs load: they refer to its ring buffer, which must stay open.
         let logger = if verbose {
             Some(
@@ -306,10 +331,12 @@ impl Tracer {
         } else {
             None
         };
-        for name in PROGRAMS {
-            uprobe(&mut ebpf, name)?
-                .load()
-                .map_err(|e| explain(e).context(format!("loading BPF program {name}")))?;
+        if multi.is_none() {
+            for name in PROGRAMS {
+                uprobe(&mut ebpf, name)?
+                    .load()
+                    .map_err(|e| explain(e).context(format!("loading BPF program {name}")))?;
+            }
         }
         let config = ebpf
             .map_mut(names::CONFIG)
@@ -343,8 +370,68 @@ impl Tracer {
             specs: plan.probes.clone(),
             links: vec![],
             detaching: vec![],
+            multi,
             pid,
         })
+    }
+
+    pub fn link_kind(&self) -> LinkKind {
+        if self.multi.is_some() {
+            LinkKind::UprobeMulti
+        } else {
+            LinkKind::PerfEvent
+        }
+    }
+
+    fn attach_one(&mut self, cookie: u64, spec: &ProbeSpec, pid: NonZeroU32) -> Result<Link> {
+        match &self.multi {
+            Some(multi) => multi
+                .attach(
+                    spec.program,
+                    &spec.path,
+                    spec.file_offset,
+                    cookie,
+                    pid.get(),
+                )
+                .map(Link::Multi)
+                .map_err(|e| {
+                    explain_anyhow(e).context(format!(
+                        "attaching a uprobe at {} in {}",
+                        spec.label,
+                        spec.path.display()
+                    ))
+                }),
+            None => attach_perf(&mut self.ebpf, cookie, spec, pid).map(Link::Perf),
+        }
+    }
+
+    /// Detaches one link; a perf link's close is waited for here, a multi link's on a
+    /// thread of its own (its breakpoints are gone once `close` starts).
+    fn detach_one(&mut self, program: &str, link: Link) {
+        match link {
+            Link::Multi(fd) => {
+                if let Ok(h) = std::thread::Builder::new()
+                    .name("detach".into())
+                    .spawn(move || drop(fd))
+                {
+                    self.detaching.push(h);
+                }
+            }
+            Link::Perf(link) => {
+                let Ok(prog) = uprobe(&mut self.ebpf, program) else {
+                    return;
+                };
+                // Fails only for a link that is already gone. Without a thread the link is
+                // closed here, when the closure holding it is dropped.
+                if let Ok(owned) = prog.take_link(link)
+                    && let Ok(h) = std::thread::Builder::new()
+                        .name("detach".into())
+                        .spawn(move || drop(owned))
+                {
+                    self.detaching.push(h);
+                }
+            }
+        }
     }
 
     /// Attaches every probe, or none: on an error the ones attached are detached again.
@@ -357,7 +444,8 @@ impl Tracer {
         let mut order: Vec<usize> = (0..self.specs.len()).collect();
         order.sort_by_key(|&i| is_birth(self.specs[i].program));
         for i in order {
-            match attach_one(&mut self.ebpf, i as u64, &self.specs[i], self.pid) {
+            let spec = self.specs[i].clone();
+            match self.attach_one(i as u64, &spec, self.pid) {
                 Ok(link) => self.links.push((self.specs[i].program, link)),
                 Err(e) => {
                     self.detach_probes();
@@ -369,25 +457,15 @@ impl Tracer {
         Ok(())
     }
 
-    /// Detaches every probe, births first; a no-op when detached. Closing a link removes
-    /// the breakpoints from the target at once; the kernel then waits (~100 ms) before the
-    /// close returns, so each link is closed on a thread of its own and `settle` waits.
+    /// Detaches every probe, births first; a no-op when detached. The kernel takes
+    /// ~0.1–0.2 s to retire a link, so each is closed on a thread of its own and `settle`
+    /// waits. A uprobe_multi link's breakpoints are gone when its close starts; a perf
+    /// link's stay until its close ends (`Link`).
     pub fn detach_probes(&mut self) {
         let mut links: Vec<_> = self.links.drain(..).collect();
         links.sort_by_key(|&(program, _)| !is_birth(program));
         for (program, link) in links {
-            let Ok(prog) = uprobe(&mut self.ebpf, program) else {
-                continue;
-            };
-            // Fails only for a link that is already gone. Without a thread the link is
-            // closed here, when the closure holding it is dropped.
-            if let Ok(owned) = prog.take_link(link)
-                && let Ok(h) = std::thread::Builder::new()
-                    .name("detach".into())
-                    .spawn(move || drop(owned))
-            {
-                self.detaching.push(h);
-            }
+            self.detach_one(program, link);
         }
     }
 
@@ -466,12 +544,13 @@ impl Tracer {
                 entry: super::disasm::ProbePoint::default(),
             };
             let plain = time(calls);
-            let link = attach_one(&mut self.ebpf, CALIBRATION_COOKIE, &spec, self_pid()?)
+            let link = self
+                .attach_one(CALIBRATION_COOKIE, &spec, self_pid()?)
                 .with_context(|| format!("calibrating the trap cost on {what}"))?;
             let run0 = self.run_time_ns();
             let probed = time(calls);
             let run = self.run_time_ns().saturating_sub(run0) as f64;
-            let _ = uprobe(&mut self.ebpf, spec.program)?.detach(link);
+            self.detach_one(spec.program, link);
             cost[k] = ((probed - plain - run) / calls as f64).max(0.0);
         }
         let detach_ns = self.detach_stall()?;
@@ -497,7 +576,8 @@ impl Tracer {
             point: super::disasm::ProbePoint::default(),
             entry: super::disasm::ProbePoint::default(),
         };
-        let link = attach_one(&mut self.ebpf, CALIBRATION_COOKIE, &spec, self_pid()?)
+        let link = self
+            .attach_one(CALIBRATION_COOKIE, &spec, self_pid()?)
             .context("calibrating what a detach costs")?;
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let looper = {
@@ -516,7 +596,8 @@ impl Tracer {
             })
         };
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let _ = uprobe(&mut self.ebpf, spec.program)?.detach(link);
+        self.detach_one(spec.program, link);
+        self.settle();
         std::thread::sleep(std::time::Duration::from_millis(10));
         stop.store(true, Ordering::Relaxed);
         looper
@@ -586,6 +667,10 @@ impl Tracer {
         PROGRAMS
             .iter()
             .filter_map(|&name| {
+                if let Some(multi) = &self.multi {
+                    let (runs, ns) = multi.stats(name)?;
+                    return Some((name.to_string(), runs, ns));
+                }
                 let prog: &UProbe = self.ebpf.program(name)?.try_into().ok()?;
                 let info = prog.info().ok()?;
                 Some((
@@ -622,7 +707,30 @@ fn self_pid() -> Result<NonZeroU32> {
     NonZeroU32::new(std::process::id()).context("pid 0")
 }
 
-fn attach_one(
+/// The programs for uprobe_multi links, when this kernel can attach one (tried on a
+/// function of leakscope's own process); `None` otherwise.
+fn load_multi(ebpf: &Ebpf) -> Option<super::multi::MultiPrograms> {
+    let multi = super::multi::MultiPrograms::load(ebpf, BPF_OBJECT, &PROGRAMS)
+        .inspect_err(|e| log::debug!("no uprobe_multi programs: {e:#}"))
+        .ok()?;
+    let f: unsafe extern "C" fn(u64) -> u64 = leakscope_calibrate_stepped;
+    let (path, offset) = own_file_offset(f as usize as u64).ok()?;
+    let link = multi
+        .attach(
+            names::FREE_ARG0,
+            &path,
+            offset,
+            CALIBRATION_COOKIE,
+            std::process::id(),
+        )
+        .inspect_err(|e| log::debug!("no uprobe_multi links: {e:#}"))
+        .ok()?;
+    // Its close waits a grace period; nothing calls the function meanwhile.
+    std::thread::spawn(move || drop(link));
+    Some(multi)
+}
+
+fn attach_perf(
     ebpf: &mut Ebpf,
     cookie: u64,
     spec: &ProbeSpec,
@@ -641,6 +749,18 @@ fn attach_one(
                 spec.path.display()
             ))
         })
+}
+
+fn explain_anyhow(e: anyhow::Error) -> anyhow::Error {
+    let eperm = e.chain().any(|s| {
+        s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)))
+    });
+    if eperm {
+        e.context(crate::session::NEEDS_PRIVILEGES)
+    } else {
+        e
+    }
 }
 
 /// Turns permission errors into the sentence a user needs.

@@ -3,4 +3,5 @@
 //! loading the BPF object, attaching pid-scoped uprobes, draining events, counters (`kernel`).
 pub mod disasm;
 pub mod kernel;
+mod multi;
 pub mod plan;

@@ -11,7 +11,7 @@ use crate::cpython;
 use crate::model::aggregate::{self, Aggregator, CensusTrend, TypeRow};
 use crate::model::budget::{self, Budget, Controller, Mode};
 use crate::model::sites::{self, Sites};
-use crate::probes::kernel::{self, AttachOptions, Tracer, TrapCost};
+use crate::probes::kernel::{self, AttachOptions, LinkKind, Tracer, TrapCost};
 use crate::probes::plan::{self, Coverage, Plan};
 use crate::report::{self, EndReason, FollowStats, Report, ReportKind};
 use crate::resolve::follow::{self, Verdict, Why};
@@ -151,6 +151,7 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
             stats: cfg.stats,
             stack_config: kernel_config,
             verbose: cfg.verbose,
+            perf_links: std::env::var_os("LEAKSCOPE_PERF_LINKS").is_some_and(|v| v == "1"),
         },
     )?;
     // What a hit costs, measured here before the target pays anything (meanwhile, what
@@ -181,12 +182,16 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
     tracer.attach_probes()?;
     let started = Instant::now();
     eprintln!(
-        "leakscope: attached to pid {} ({}): Python {} in {}; {} probes{}; sees {}; {}. Ctrl-C for the final report.",
+        "leakscope: attached to pid {} ({}): Python {} in {}; {} probes ({}){}; sees {}; {}. Ctrl-C for the final report.",
         process.pid,
         process.comm,
         interp.version,
         interp.target_path,
         plan.probes.len(),
+        match tracer.link_kind() {
+            LinkKind::UprobeMulti => "uprobe_multi links",
+            LinkKind::PerfEvent => "perf-event links: each detach leaves them trapping ~0.2 s",
+        },
         if symbolizer.is_some() {
             ", Python stacks"
         } else {

@@ -10,6 +10,7 @@
 use crate::support::*;
 use serde_json::Value;
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 /// The sites overhead_churn.py and cache_plateau.py churn at (marker comments), and their
@@ -26,6 +27,25 @@ const LEAK_RATE: f64 = 100.0;
 /// Runs `trace --pid P --json --interval I --duration D` plus `extra`; it must succeed, and
 /// its last report is the final one, which is returned.
 fn final_report(pid: u32, interval: u32, duration: u32, extra: &[&str]) -> Value {
+    final_report_links(pid, interval, duration, extra, Links::Multi)
+}
+
+/// Which links leakscope is to attach with, and its attach line must name.
+#[derive(Clone, Copy, PartialEq)]
+enum Links {
+    /// The default on this kernel: uprobe_multi links.
+    Multi,
+    /// aya's perf-event links (`LEAKSCOPE_PERF_LINKS=1`), the fallback for older kernels.
+    Perf,
+}
+
+fn final_report_links(
+    pid: u32,
+    interval: u32,
+    duration: u32,
+    extra: &[&str],
+    links: Links,
+) -> Value {
     let (p, i, d) = (pid.to_string(), interval.to_string(), duration.to_string());
     let mut args = vec![
         "trace",
@@ -38,8 +58,22 @@ fn final_report(pid: u32, interval: u32, duration: u32, extra: &[&str]) -> Value
         &d,
     ];
     args.extend_from_slice(extra);
-    let run = leakscope(&args, Duration::from_secs(duration as u64 + 60));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_leakscope"));
+    cmd.args(&args);
+    if links == Links::Perf {
+        cmd.env("LEAKSCOPE_PERF_LINKS", "1");
+    }
+    let run = leakscope_cmd(&mut cmd, Duration::from_secs(duration as u64 + 60));
     assert_eq!(run.code, Some(0), "leakscope failed: {}", run.stderr);
+    let named = match links {
+        Links::Multi => "(uprobe_multi links)",
+        Links::Perf => "(perf-event links",
+    };
+    assert!(
+        run.stderr.contains(named),
+        "the attach line does not say {named}: {}",
+        run.stderr
+    );
     let last = run.last();
     assert_eq!(last["kind"], "final", "{last:#}");
     assert_eq!(last["reason"], "duration", "{last:#}");
@@ -142,9 +176,9 @@ fn the_leak_site(report: &Value, script_name: &str) -> Value {
 /// pyenv's) traced 50 s in the default mode: sampled, within the budget, the leak found at
 /// its line and about its rate, no churn growing. (What the budget costs in fact is timed in
 /// `cargo xtask bench`, not here.)
-fn churn_with_leak_is_sampled(python: &Path) {
+fn churn_with_leak_is_sampled(python: &Path, links: Links) {
     let target = crate::support::python(python, "overhead_churn.py", &[]);
-    let report = final_report(target.pid, 5, 50, &["--top", "100"]);
+    let report = final_report_links(target.pid, 5, 50, &["--top", "100"], links);
     assert_eq!(report["mode"], "sampled", "final report: {report:#}");
     let budget = num(&report, "overhead_budget");
     assert!(
@@ -200,14 +234,22 @@ fn churn_with_leak_is_sampled(python: &Path) {
 #[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn pyenv_311_busy_churn_is_sampled_within_budget_and_leak_found() {
     require_root();
-    churn_with_leak_is_sampled(&pyenv("3.11.7"));
+    churn_with_leak_is_sampled(&pyenv("3.11.7"), Links::Multi);
+}
+
+/// The same through aya's perf-event links, the path kernels before 6.6 take.
+#[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
+fn pyenv_311_busy_churn_sampled_through_perf_event_links() {
+    require_root();
+    churn_with_leak_is_sampled(&pyenv("3.11.7"), Links::Perf);
 }
 
 #[test]
 #[ignore = "privileged: needs root; `cargo xtask test` runs it"]
 fn debian_311_busy_churn_is_sampled_within_budget_and_leak_found() {
     require_root();
-    churn_with_leak_is_sampled(&debian_python());
+    churn_with_leak_is_sampled(&debian_python(), Links::Multi);
 }
 
 /// cache_plateau.py: an LRU cache of 5,000 `Entry`s filled about 3 s after it starts (so
