@@ -34,9 +34,10 @@ pub enum Mode {
 
 /// The budget is aimed at this share of itself: what a window will cost is known only
 /// after it, the target's load changes, and the estimate misses what the traps cost the
-/// target's caches beyond `USER_SIDE_SHARE` (docs/overhead.md): at 0.6, a 10% budget
-/// aims at 6% estimated.
-pub const AIM: f64 = 0.6;
+/// target's caches beyond `USER_SIDE_SHARE` (docs/overhead.md): at 0.45, a 10% budget
+/// aims at 4.5% estimated (0.6 until uprobe_multi links made windows cheaper: the leak is
+/// named as soon at the lower aim, docs/overhead.md).
+pub const AIM: f64 = 0.45;
 /// A sampled trace goes back to exact when the full cost would be at most this share of
 /// the budget (hysteresis: it does not flip on every change of load).
 pub const BACK_TO_EXACT: f64 = 0.5;
@@ -317,7 +318,7 @@ mod tests {
             let s = c.state(c.elapsed_s);
             assert_eq!(s.mode, Mode::Sampled, "rho {rho}");
             assert!(
-                s.estimated_overhead <= 0.10 && s.estimated_overhead > 0.05,
+                s.estimated_overhead <= 0.10 && s.estimated_overhead > 0.8 * 0.10 * AIM,
                 "rho {rho}: {s:?}"
             );
             assert!(s.windows > 10, "rho {rho}: {s:?}");
