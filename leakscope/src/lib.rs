@@ -6,7 +6,10 @@
 //! - [`cpython`]: every CPython layout fact, per version, with where it was taken from.
 //! - [`probes`]: which functions to probe and where (plan, disassembly), and the kernel side
 //!   seen from user space (load, attach, drain, counters).
-//! - [`resolve`]: type objects and code objects read from the target, cached.
+//! - [`resolve`]: type objects and code objects read from the target, cached; native
+//!   allocations' mixed stacks.
+//! - [`native`]: native stacks: CFI unwinding (framehop) and symbolization (blazesym) of the
+//!   target's C frames, from its files.
 //! - [`model`]: the pure core: live set, growth, allocation sites.
 //! - [`census`]: the probe-free census of the GC lists.
 //! - [`report`]: report data, text, JSON, folded stacks and flamegraphs. Pure.
@@ -17,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod cpython;
 pub mod model;
+pub mod native;
 pub mod probes;
 pub mod report;
 pub mod resolve;
