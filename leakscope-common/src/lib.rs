@@ -15,6 +15,60 @@ pub const EVENT_FREE: u32 = 2;
 /// object was garbage only the collector could reclaim (a cycle, or held by one).
 pub const FREE_IN_GC: u64 = 1;
 
+/// A native block was allocated (malloc and its family, or an anonymous mmap) by code
+/// outside the interpreter and the C library: the record is a `NativeEvent`. `addr` is the
+/// block, `ob_size` its requested size, `type_ptr` its `NATIVE_*` kind, `stack_id` the
+/// calling thread's Python stack (0 = none: no thread state, e.g. a thread without the GIL).
+pub const EVENT_NATIVE_ALLOC: u32 = 3;
+/// A native block was released (`free`, `munmap`, or the old block of a `realloc`).
+pub const EVENT_NATIVE_FREE: u32 = 4;
+
+/// `type_ptr` of native allocations: the C library's heap (malloc, calloc, realloc, the
+/// aligned allocators) and anonymous mappings. Real type pointers are never this small.
+pub const NATIVE_HEAP: u64 = 1;
+pub const NATIVE_MMAP: u64 = 2;
+
+/// What a native entry probe's function takes (the attach cookie's bits 8..16; bits 0..8
+/// are the probe's index).
+pub const NATIVE_MALLOC: u32 = 1; // (size)
+pub const NATIVE_CALLOC: u32 = 2; // (n, size)
+pub const NATIVE_REALLOC: u32 = 3; // (ptr, size)
+pub const NATIVE_MEMALIGN: u32 = 4; // (align, size): memalign, aligned_alloc
+pub const NATIVE_POSIX_MEMALIGN: u32 = 5; // (&ptr, align, size) -> 0
+pub const NATIVE_MMAP_CALL: u32 = 6; // (addr, len, prot, flags, fd, off): anonymous only
+pub const NATIVE_VALLOC: u32 = 7; // (size): valloc, pvalloc
+pub const COOKIE_KIND_SHIFT: u32 = 8;
+pub const COOKIE_PROBE_MASK: u64 = 0xff;
+
+/// Bytes of the user stack a native allocation copies from its caller's stack pointer, for
+/// user space to unwind (its callers' frames, to where the interpreter called in).
+pub const NATIVE_STACK_BYTES: usize = 4096;
+
+/// A native allocation's record: an `Event` header, the caller's registers at the return
+/// (`ip` is the return address into the allocating function), and `stack_len` bytes of its
+/// stack from `sp`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NativeEvent {
+    pub head: Event,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    pub stack_len: u64,
+    pub stack: [u8; NATIVE_STACK_BYTES],
+}
+
+/// Ranges of code whose allocations are not native leaks of their own (the interpreter:
+/// pymalloc's arenas, objects too large for pymalloc; the C library's internal calls): an
+/// allocation whose return address falls inside one is not recorded.
+pub const NATIVE_SKIP_RANGES: usize = 4;
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NativeConfig {
+    pub skip_lo: [u64; NATIVE_SKIP_RANGES],
+    pub skip_hi: [u64; NATIVE_SKIP_RANGES],
+}
+
 /// One record in the `EVENTS` ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -30,7 +84,7 @@ pub struct Event {
 }
 
 /// Most probes one trace attaches; `HITS` has one slot per probe.
-pub const MAX_PROBES: u32 = 32;
+pub const MAX_PROBES: u32 = 64;
 
 /// Slots of the per-CPU `DROPS` array: what the kernel side lost, never silently.
 pub const DROP_RINGBUF_FULL: u32 = 0;
@@ -42,7 +96,9 @@ pub const DROP_STACK_MAP_FULL: u32 = 2;
 pub const DROP_NO_TSTATE: u32 = 3;
 /// A frame could not be read mid-walk: the stack is kept up to there, marked truncated.
 pub const DROP_FRAME_READ_FAILED: u32 = 4;
-pub const DROP_KINDS: u32 = 5;
+/// A native allocation's stack could not be copied (unreadable stack): kept without it.
+pub const DROP_NATIVE_STACK: u32 = 5;
+pub const DROP_KINDS: u32 = 6;
 
 /// Slots of the per-CPU `WALK` array: what stack walks cost (sum over walks).
 pub const WALK_COUNT: u32 = 0;
@@ -52,7 +108,12 @@ pub const WALK_NS: u32 = 2;
 pub const WALK_TRUNCATED: u32 = 3;
 /// Births not walked because their type is not in `WALK_TYPES` (the filter is on).
 pub const WALK_FILTERED: u32 = 4;
-pub const WALK_SLOTS: u32 = 5;
+/// Native allocations made by the interpreter or the C library itself (not recorded).
+pub const WALK_NATIVE_SKIPPED: u32 = 5;
+/// Native allocations whose return probe found no entry (an entry missed: attached
+/// mid-call).
+pub const WALK_NATIVE_UNPAIRED: u32 = 6;
+pub const WALK_SLOTS: u32 = 7;
 
 /// Deepest stack kept; deeper ones are truncated and marked.
 pub const MAX_FRAMES: usize = 64;
@@ -134,18 +195,43 @@ pub mod names {
     pub const LOGGED: &str = "LOGGED";
     /// Type pointers whose births get a stack walk while `StackConfig::walk_filter` is on.
     pub const WALK_TYPES: &str = "WALK_TYPES";
+    /// An allocation's arguments from its entry to its return, by (thread, stack pointer).
+    pub const NATIVE_ARGS: &str = "NATIVE_ARGS";
+    pub const NATIVE_CONFIG: &str = "NATIVE_CONFIG";
     /// aya-log's ring buffer (the name `aya_log_ebpf` gives it).
     pub const AYA_LOGS: &str = "AYA_LOGS";
     /// Maps user space expects, in the order it opens them.
-    pub const MAPS: [&str; 9] = [
-        EVENTS, HITS, DROPS, WALK, CONFIG, STACKS, LOGGED, WALK_TYPES, AYA_LOGS,
+    pub const MAPS: [&str; 11] = [
+        EVENTS,
+        HITS,
+        DROPS,
+        WALK,
+        CONFIG,
+        STACKS,
+        LOGGED,
+        WALK_TYPES,
+        NATIVE_ARGS,
+        NATIVE_CONFIG,
+        AYA_LOGS,
     ];
 
     pub const BIRTH_ARG0: &str = "birth_arg0";
     pub const BIRTH_RET: &str = "birth_ret";
     pub const FREE_ARG0: &str = "free_arg0";
     pub const FREE_ARG1: &str = "free_arg1";
-    pub const PROGRAMS: [&str; 4] = [BIRTH_ARG0, BIRTH_RET, FREE_ARG0, FREE_ARG1];
+    /// Native allocator: entry (arguments), return (the block, its stack), free.
+    pub const NATIVE_ENTER: &str = "native_enter";
+    pub const NATIVE_RET: &str = "native_ret";
+    pub const NATIVE_FREE: &str = "native_free";
+    pub const PROGRAMS: [&str; 7] = [
+        BIRTH_ARG0,
+        BIRTH_RET,
+        FREE_ARG0,
+        FREE_ARG1,
+        NATIVE_ENTER,
+        NATIVE_RET,
+        NATIVE_FREE,
+    ];
 
     /// `u8` global: non-zero makes the programs log their first failures (`-v`). Read-only
     /// data, so with it 0 the verifier drops the logging code altogether.
@@ -159,6 +245,8 @@ const _: () = assert!(size_of::<Event>() == 40 && align_of::<Event>() == 8);
 const _: () = assert!(size_of::<RawFrame>() == 16 && align_of::<RawFrame>() == 8);
 const _: () = assert!(size_of::<RawStack>() == 8 + 16 * MAX_FRAMES && align_of::<RawStack>() == 8);
 const _: () = assert!(size_of::<StackConfig>() == 16 + 11 * 8 && align_of::<StackConfig>() == 8);
+const _: () = assert!(size_of::<NativeEvent>() == 40 + 32 + NATIVE_STACK_BYTES);
+const _: () = assert!(size_of::<NativeConfig>() == 16 * NATIVE_SKIP_RANGES);
 // Drop kinds index a per-probe bit mask in `LOGGED`.
 const _: () = assert!(DROP_KINDS <= 32);
 
@@ -168,3 +256,5 @@ unsafe impl aya::Pod for Event {}
 unsafe impl aya::Pod for RawStack {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for StackConfig {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for NativeConfig {}

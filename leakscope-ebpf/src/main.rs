@@ -15,15 +15,19 @@ use aya_ebpf::{
         generated,
     },
     macros::{map, uprobe, uretprobe},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::warn;
 use leakscope_common::{
-    DROP_FRAME_READ_FAILED, DROP_KINDS, DROP_NO_TSTATE, DROP_READ_FAILED, DROP_RINGBUF_FULL,
-    DROP_STACK_MAP_FULL, EVENT_BIRTH, EVENT_FREE, Event, FRAME_WINDOW_WORDS, FREE_IN_GC,
-    MAX_FRAMES, MAX_PROBES, MAX_WALK_TYPES, NO_OFFSET, RawFrame, RawStack, StackConfig, WALK_COUNT,
-    WALK_FILTERED, WALK_FRAMES, WALK_NS, WALK_SLOTS, WALK_TRUNCATED,
+    COOKIE_KIND_SHIFT, COOKIE_PROBE_MASK, DROP_FRAME_READ_FAILED, DROP_KINDS, DROP_NATIVE_STACK,
+    DROP_NO_TSTATE, DROP_READ_FAILED, DROP_RINGBUF_FULL, DROP_STACK_MAP_FULL, EVENT_BIRTH,
+    EVENT_FREE, EVENT_NATIVE_ALLOC, EVENT_NATIVE_FREE, Event, FRAME_WINDOW_WORDS, FREE_IN_GC,
+    MAX_FRAMES, MAX_PROBES, MAX_WALK_TYPES, NATIVE_CALLOC, NATIVE_HEAP, NATIVE_MALLOC,
+    NATIVE_MEMALIGN, NATIVE_MMAP, NATIVE_MMAP_CALL, NATIVE_POSIX_MEMALIGN, NATIVE_REALLOC,
+    NATIVE_SKIP_RANGES, NATIVE_STACK_BYTES, NATIVE_VALLOC, NO_OFFSET, NativeConfig, NativeEvent,
+    RawFrame, RawStack, StackConfig, WALK_COUNT, WALK_FILTERED, WALK_FRAMES, WALK_NATIVE_SKIPPED,
+    WALK_NATIVE_UNPAIRED, WALK_NS, WALK_SLOTS, WALK_TRUNCATED,
 };
 
 /// 32 MiB: about 800k events, drained every 10 ms by user space.
@@ -104,10 +108,17 @@ fn bump(map: &PerCpuArray<u64>, index: u32) {
 
 #[inline(always)]
 fn probe_id<C: EbpfContext>(ctx: &C) -> u32 {
-    // The attach cookie is the probe's index in user space's probe plan.
-    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr() as *mut _) } as u32;
-    bump(&HITS, cookie);
-    cookie
+    probe_and_kind(ctx).0
+}
+
+/// The attach cookie: the probe's index in user space's probe plan (bits 0..8) and, for a
+/// native entry probe, what its function takes (`NATIVE_*`, bits 8..16).
+#[inline(always)]
+fn probe_and_kind<C: EbpfContext>(ctx: &C) -> (u32, u32) {
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr() as *mut _) };
+    let probe = (cookie & COOKIE_PROBE_MASK) as u32;
+    bump(&HITS, probe);
+    (probe, ((cookie >> COOKIE_KIND_SHIFT) & 0xff) as u32)
 }
 
 #[inline(always)]
@@ -234,6 +245,13 @@ fn current_tstate(cfg: &StackConfig) -> Option<u64> {
 /// (a 64-bit FNV-1a hash of the frames; 0 = no stack).
 #[inline(always)]
 fn capture_stack<C: EbpfContext>(ctx: &C, probe: u32) -> u64 {
+    capture_stack_as(ctx, probe, true)
+}
+
+/// `capture_stack`; `no_tstate_is_loss` false for native allocations, which threads without
+/// the GIL make all the time (their stack is then native frames only, not a loss).
+#[inline(always)]
+fn capture_stack_as<C: EbpfContext>(ctx: &C, probe: u32, no_tstate_is_loss: bool) -> u64 {
     let Some(cfg) = CONFIG.get(0) else { return 0 };
     if cfg.mode == 0 {
         return 0;
@@ -244,7 +262,7 @@ fn capture_stack<C: EbpfContext>(ctx: &C, probe: u32) -> u64 {
         0
     };
     let Some(tstate) = current_tstate(cfg) else {
-        if lost(probe, DROP_NO_TSTATE) {
+        if no_tstate_is_loss && lost(probe, DROP_NO_TSTATE) {
             warn!(
                 ctx,
                 "probe {}: no Python thread state for thread {} (stack mode {}); births \
@@ -395,6 +413,192 @@ pub fn free_arg1(ctx: ProbeContext) -> u32 {
     let addr = ctx.arg::<u64>(1).unwrap_or(0);
     if addr != 0 {
         emit(&ctx, EVENT_FREE, probe, addr, free_flags(), 0, 0);
+    }
+    0
+}
+
+/// A native allocation's arguments, kept from its entry to its return.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct NativeArgs {
+    kind: u32,
+    probe: u32,
+    size: u64,
+    /// `realloc`'s old block; `posix_memalign`'s result pointer.
+    ptr: u64,
+}
+
+/// By thread and the stack pointer at entry (the return sees it 8 higher): a nested call on
+/// the same thread (glibc's `realloc(NULL, n)` calls `malloc`) has its own key. LRU, so an
+/// entry whose return never came (a `longjmp`) ages out instead of filling the map.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct NativeKey {
+    pid_tgid: u64,
+    sp: u64,
+}
+
+#[map]
+static NATIVE_ARGS: LruHashMap<NativeKey, NativeArgs> = LruHashMap::with_max_entries(16384, 0);
+
+#[map]
+static NATIVE_CONFIG: Array<NativeConfig> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn user_sp<C: EbpfContext>(ctx: &C) -> u64 {
+    unsafe { (*(ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs)).rsp }
+}
+
+/// Entry of a native allocator (at its first instruction, beside its return probe): keep
+/// the arguments for the return.
+#[uprobe]
+pub fn native_enter(ctx: ProbeContext) -> u32 {
+    let (probe, mut kind) = probe_and_kind(&ctx);
+    let arg = |n| ctx.arg::<u64>(n).unwrap_or(0);
+    let (size, ptr) = match kind {
+        NATIVE_MALLOC | NATIVE_VALLOC => (arg(0), 0),
+        NATIVE_CALLOC => (arg(0).wrapping_mul(arg(1)), 0),
+        NATIVE_REALLOC => (arg(1), arg(0)),
+        NATIVE_MEMALIGN => (arg(1), 0),
+        NATIVE_POSIX_MEMALIGN => (arg(2), arg(0)),
+        NATIVE_MMAP_CALL => {
+            // Anonymous, not backed by a file: MAP_ANONYMOUS, fd -1.
+            // A file mapping is kept as kind 0, so its return is paired and ignored.
+            if arg(3) & 0x20 == 0 || arg(4) as i32 != -1 {
+                kind = 0;
+            }
+            (arg(1), 0)
+        }
+        _ => return 0,
+    };
+    let key = NativeKey {
+        pid_tgid: bpf_get_current_pid_tgid(),
+        sp: user_sp(&ctx),
+    };
+    let args = NativeArgs {
+        kind,
+        probe,
+        size,
+        ptr,
+    };
+    let _ = NATIVE_ARGS.insert(&key, &args, 0);
+    0
+}
+
+/// Return of a native allocator: the block, then (unless the interpreter or the C library
+/// itself called it) its Python stack, the caller's registers and a copy of its stack.
+#[uretprobe]
+pub fn native_ret(ctx: RetProbeContext) -> u32 {
+    let probe = probe_id(&ctx);
+    let regs = unsafe { &*(ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs) };
+    let key = NativeKey {
+        pid_tgid: bpf_get_current_pid_tgid(),
+        sp: regs.rsp.wrapping_sub(8),
+    };
+    let Some(args) = (unsafe { NATIVE_ARGS.get(&key) }).copied() else {
+        add(&WALK, WALK_NATIVE_UNPAIRED, 1);
+        return 0;
+    };
+    let _ = NATIVE_ARGS.remove(&key);
+    if args.kind == 0 {
+        return 0;
+    }
+    let ret = regs.rax;
+    let mut addr = ret;
+    let mut type_ptr = NATIVE_HEAP;
+    match args.kind {
+        NATIVE_REALLOC => {
+            // The old block is gone when a new one came back, or when the size was 0.
+            if args.ptr != 0 && (ret != 0 || args.size == 0) {
+                emit(&ctx, EVENT_NATIVE_FREE, probe, args.ptr, 0, 0, 0);
+            }
+        }
+        NATIVE_POSIX_MEMALIGN => {
+            if ret != 0 {
+                return 0;
+            }
+            addr = read_u64(args.ptr).unwrap_or(0);
+        }
+        NATIVE_MMAP_CALL => {
+            if ret == u64::MAX {
+                return 0; // MAP_FAILED
+            }
+            type_ptr = NATIVE_MMAP;
+        }
+        _ => {}
+    }
+    if addr == 0 {
+        return 0;
+    }
+    let ip = regs.rip;
+    if skipped(ip) {
+        add(&WALK, WALK_NATIVE_SKIPPED, 1);
+        return 0;
+    }
+    let stack_id = capture_stack_as(&ctx, probe, false);
+    let Some(mut entry) = EVENTS.reserve::<NativeEvent>(0) else {
+        if lost(probe, DROP_RINGBUF_FULL) {
+            warn!(
+                &ctx,
+                "probe {}: ring buffer full, events are being lost", probe
+            );
+        }
+        return 0;
+    };
+    let e = entry.as_mut_ptr();
+    let sp = regs.rsp;
+    unsafe {
+        (*e).head = Event {
+            kind: EVENT_NATIVE_ALLOC,
+            probe,
+            addr,
+            type_ptr,
+            ob_size: args.size as i64,
+            stack_id,
+        };
+        (*e).ip = ip;
+        (*e).sp = sp;
+        (*e).bp = regs.rbp;
+        // The whole window, or less where the stack ends sooner (a thread's stack top).
+        let buf = (*e).stack.as_mut_ptr();
+        let mut len = 0u64;
+        for n in [NATIVE_STACK_BYTES, 2048, 1024, 512] {
+            if generated::bpf_probe_read_user(buf.cast(), n as u32, sp as *const _) == 0 {
+                len = n as u64;
+                break;
+            }
+        }
+        if len == 0 {
+            bump(&DROPS, DROP_NATIVE_STACK);
+        }
+        (*e).stack_len = len;
+    }
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    0
+}
+
+/// Whether a return address is in code whose allocations are not recorded
+/// (`NATIVE_CONFIG`).
+#[inline(always)]
+fn skipped(ip: u64) -> bool {
+    let Some(cfg) = NATIVE_CONFIG.get(0) else {
+        return false;
+    };
+    for i in 0..NATIVE_SKIP_RANGES {
+        if ip >= cfg.skip_lo[i] && ip < cfg.skip_hi[i] {
+            return true;
+        }
+    }
+    false
+}
+
+/// `free(p)` or `munmap(p, n)`: the native block at `p` is released.
+#[uprobe]
+pub fn native_free(ctx: ProbeContext) -> u32 {
+    let probe = probe_id(&ctx);
+    let addr = ctx.arg::<u64>(0).unwrap_or(0);
+    if addr != 0 {
+        emit(&ctx, EVENT_NATIVE_FREE, probe, addr, 0, 0, 0);
     }
     0
 }

@@ -112,7 +112,7 @@ fn main() {
             }
             sent += 1;
         }
-        pipeline.feed(&batch, &mut stack);
+        pipeline.feed(&batch, &[], &mut stack);
     }
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(

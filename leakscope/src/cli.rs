@@ -139,6 +139,15 @@ struct TraceArgs {
     /// Do not walk Python stacks (types only; cheaper per event).
     #[arg(long)]
     no_stacks: bool,
+    /// Also trace native memory: the C library's malloc, calloc, realloc, the aligned
+    /// allocators and anonymous mmap, with free and munmap. Blocks allocated by C
+    /// extensions and the libraries they call are reported as `native heap` / `native
+    /// mmap` rows at mixed stacks (the C functions, then the Python line that called in);
+    /// the interpreter's own allocations (pymalloc's arenas, large objects) are not.
+    /// Off by default: the allocator probes trap on every malloc and free of the process,
+    /// and their cost counts in --overhead.
+    #[arg(long)]
+    native: bool,
     /// On builds whose probes cannot see builtins (static/LTO interpreters), do not add
     /// census rows for them (a census otherwise walks the GC lists, on its own thread, once
     /// per report; see `census`).
@@ -216,6 +225,7 @@ impl Cli {
                 top: top(a.top)?,
                 stats: a.stats,
                 stacks: !a.no_stacks,
+                native: a.native,
                 census_rows: !a.no_census,
                 flamegraph: output_file("--flamegraph", a.flamegraph)?,
                 folded: output_file("--folded", a.folded)?,

@@ -31,6 +31,8 @@ pub struct TraceConfig {
     pub stats: bool,
     /// Walk Python stacks at births.
     pub stacks: bool,
+    /// Trace the C library's allocator too (`--native`).
+    pub native: bool,
     /// On partial builds, add census rows for builtins the probes cannot see.
     pub census_rows: bool,
     pub flamegraph: Option<PathBuf>,

@@ -9,7 +9,10 @@ use leakscope::probes::disasm;
 use leakscope::probes::kernel::{self, AttachOptions, Counters, LinkKind, Tracer};
 use leakscope::probes::plan::{Coverage, Plan, ProbeSpec};
 use leakscope::target::elf::Binary;
-use leakscope_common::{EVENT_BIRTH, EVENT_FREE, Event, StackConfig, names};
+use leakscope_common::{
+    EVENT_BIRTH, EVENT_FREE, EVENT_NATIVE_ALLOC, EVENT_NATIVE_FREE, Event, NATIVE_HEAP,
+    NATIVE_MALLOC, NATIVE_REALLOC, StackConfig, names,
+};
 use std::hint::black_box;
 use std::path::Path;
 
@@ -62,6 +65,12 @@ hook!(leakscope_test_free(p: *const u8) {});
 hook!(leakscope_test_free_arg1(ctx: *const u8, p: *const u8) {});
 hook!(leakscope_test_unreadable_birth(obj: *const FakeObject) {});
 hook!(leakscope_test_flood_birth(obj: *const FakeObject) {});
+// A native allocator: (size) -> block, and its free.
+hook!(leakscope_test_malloc(size: usize) -> *const u8 { (0x5000_0000 + size) as *const u8 });
+hook!(leakscope_test_realloc(p: *const u8, size: usize) -> *const u8 {
+    (0x6000_0000 + size + p as usize % 2) as *const u8
+});
+hook!(leakscope_test_native_free(p: *const u8) {});
 
 // A function that starts with an instruction the kernel single-steps (a load) and then an
 // emulated `push`: the entry-probe choice must move the probe to the push. Its argument
@@ -105,6 +114,7 @@ fn probe(bin: &Binary, function: &str, program: &'static str, arg: Register) -> 
         file_offset: bin.vaddr_to_offset(vaddr).expect("file offset") + point.offset,
         point,
         entry: disasm::first_instruction(code, vaddr),
+        kind: 0,
     }
 }
 
@@ -123,6 +133,7 @@ fn attach_with(probes: Vec<ProbeSpec>, verbose: bool, perf_links: bool) -> Trace
         stack_config: StackConfig::default(),
         verbose,
         perf_links,
+        native: Default::default(),
     };
     match Tracer::attach(&plan, std::process::id(), &opts) {
         Ok(t) => t,
@@ -132,7 +143,8 @@ fn attach_with(probes: Vec<ProbeSpec>, verbose: bool, perf_links: bool) -> Trace
 
 fn drain_all(tracer: &mut Tracer) -> Vec<Event> {
     let mut out = vec![];
-    while tracer.drain(&mut out, 100_000) {}
+    let mut natives = vec![];
+    while tracer.drain(&mut out, &mut natives, 100_000) {}
     out
 }
 
@@ -453,4 +465,97 @@ fn windows_leave_nothing_behind(perf_links: bool) {
         }
     }
     assert_eq!(tracer.counters(), Counters::default());
+}
+
+/// A native allocator's entry and return probes share its first instruction; the return
+/// gives the block with its requested size, the caller's registers and a copy of its
+/// stack; a realloc also releases its old block; a free is one event.
+#[test]
+#[ignore = "privileged: needs root; cargo xtask test runs it"]
+fn native_allocations_carry_size_registers_and_stack() {
+    require_root();
+    let bin = binary();
+    let at_entry = |function: &str, program: &'static str, kind: u32| {
+        let (vaddr, size) = bin.symbol(function).expect("symbol");
+        let code = bin.bytes_at(vaddr, size.max(1)).expect("code");
+        let point = disasm::first_instruction(code, vaddr);
+        ProbeSpec {
+            label: function.to_string(),
+            program,
+            path: SELF.into(),
+            file_offset: bin.vaddr_to_offset(vaddr).expect("offset"),
+            point: point.clone(),
+            entry: point,
+            kind,
+        }
+    };
+    let mut tracer = attach(
+        vec![
+            at_entry("leakscope_test_malloc", names::NATIVE_ENTER, NATIVE_MALLOC),
+            at_entry("leakscope_test_malloc", names::NATIVE_RET, NATIVE_MALLOC),
+            at_entry(
+                "leakscope_test_realloc",
+                names::NATIVE_ENTER,
+                NATIVE_REALLOC,
+            ),
+            at_entry("leakscope_test_realloc", names::NATIVE_RET, NATIVE_REALLOC),
+            probe(
+                &bin,
+                "leakscope_test_native_free",
+                names::NATIVE_FREE,
+                Register::RDI,
+            ),
+        ],
+        false,
+    );
+    let malloc = black_box(leakscope_test_malloc as extern "C" fn(usize) -> *const u8);
+    let realloc = black_box(leakscope_test_realloc as extern "C" fn(*const u8, usize) -> *const u8);
+    let free = black_box(leakscope_test_native_free as extern "C" fn(*const u8));
+    for n in 1..=20usize {
+        black_box(malloc(n * 16));
+    }
+    black_box(realloc(0x7000 as *const u8, 100));
+    for _ in 0..5 {
+        free(0x4242 as *const u8);
+    }
+    let mut out = vec![];
+    let mut natives = vec![];
+    while tracer.drain(&mut out, &mut natives, 100_000) {}
+    let allocs: Vec<&Event> = out
+        .iter()
+        .filter(|e| e.kind == EVENT_NATIVE_ALLOC)
+        .collect();
+    assert_eq!(allocs.len(), 21, "{out:?}");
+    assert_eq!(natives.len(), 21, "one record per native allocation");
+    for (i, e) in allocs.iter().take(20).enumerate() {
+        let size = (i as u64 + 1) * 16;
+        assert_eq!(
+            (e.addr, e.ob_size, e.type_ptr),
+            (0x5000_0000 + size, size as i64, NATIVE_HEAP)
+        );
+    }
+    assert_eq!(allocs[20].addr, 0x6000_0000 + 100);
+    let frees: Vec<u64> = out
+        .iter()
+        .filter(|e| e.kind == EVENT_NATIVE_FREE)
+        .map(|e| e.addr)
+        .collect();
+    assert_eq!(frees, [0x7000, 0x4242, 0x4242, 0x4242, 0x4242, 0x4242]);
+    // The return address is in this test function's code, the stack copy starts at the
+    // caller's stack pointer and holds as much as was asked (this thread's stack is deep).
+    let me = native_allocations_carry_size_registers_and_stack as *const () as usize as u64;
+    for r in &natives {
+        assert!(
+            r.ip > me && r.ip < me + 0x10_000,
+            "ip {:#x} vs {me:#x}",
+            r.ip
+        );
+        assert_eq!(r.stack.len(), leakscope_common::NATIVE_STACK_BYTES);
+        assert!(r.sp != 0);
+    }
+    let c = tracer.counters();
+    assert_eq!(
+        (c.native_unpaired, c.native_skipped, c.native_stack_failed),
+        (0, 0, 0)
+    );
 }

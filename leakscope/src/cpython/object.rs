@@ -36,6 +36,40 @@ pub const LIST_SIZE: u64 = 16;
 /// `PyListObject.ob_item` (3.9–3.13; DWARF; 3.13 `_Py_DebugOffsets.list_object.ob_item`).
 pub const LIST_ITEMS: u64 = 24;
 
+/// `PyListObject.allocated`: item slots of the list's own buffer (3.9.18, 3.11.7, 3.13.0;
+/// DWARF, `gdb -batch -ex 'ptype /o PyListObject' libpython3.X.so`).
+pub const LIST_ALLOCATED: u64 = 32;
+/// `PyByteArrayObject.ob_alloc`: bytes of the bytearray's own buffer (same versions, same
+/// command with `PyByteArrayObject`).
+pub const BYTEARRAY_ALLOC: u64 = 24;
+
+/// Bytes a live object owns outside itself, from the word at its `owner` offset: a
+/// bytearray's buffer (`ob_alloc` bytes), a list's item array (`allocated` pointers).
+/// `None` for a word that cannot be a size (a torn or reused object).
+pub fn owned_bytes(kind: Owner, word: u64) -> Option<u64> {
+    const MAX: u64 = 1 << 40;
+    let n = (word < MAX).then_some(word)?;
+    Some(match kind {
+        Owner::ByteArray => n,
+        Owner::List => n * 8,
+    })
+}
+
+/// Builtin types whose objects own a buffer beside them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    ByteArray,
+    List,
+}
+
+impl Owner {
+    /// The interpreter's type object and the offset of the size word.
+    pub const ALL: [(Owner, &'static str, u64); 2] = [
+        (Owner::ByteArray, "PyByteArray_Type", BYTEARRAY_ALLOC),
+        (Owner::List, "PyList_Type", LIST_ALLOCATED),
+    ];
+}
+
 /// `sizeof(PyGC_Head)`: `{_gc_next, _gc_prev}` in front of every GC object (3.9–3.13; DWARF).
 pub const GC_HEAD_SIZE: u64 = 16;
 /// `PyGC_Head._gc_prev`, from the head (`_gc_next` is at +0).

@@ -22,7 +22,9 @@ struct LiveObject {
     epoch: u32,
     /// The interval it was born in (0 = the first after attach): how old it is.
     interval: u32,
+    /// Its own bytes and, within them, what it owns beside itself (a buffer; `set_owned`).
     bytes: u64,
+    owned: u64,
     preheader: u64,
     /// What the sampled mode remembers of the object to tell it from a successor at the
     /// same address (`Followed::tag`; 0 = nothing yet).
@@ -305,10 +307,40 @@ impl Aggregator {
                 epoch: self.epoch,
                 interval: self.interval(),
                 bytes: b.bytes,
+                owned: 0,
                 preheader: b.preheader,
                 tag: 0,
             },
         );
+    }
+
+    /// Live objects of these types (to read what they own).
+    pub fn live_of(&self, types: &[u64]) -> Vec<u64> {
+        self.objects
+            .iter()
+            .filter(|(_, o)| types.contains(&o.type_ptr))
+            .map(|(&a, _)| a)
+            .collect()
+    }
+
+    /// The object at `addr` now owns `owned` bytes beside itself (a bytearray's buffer):
+    /// its bytes, and its type's and site's, count them from now until it dies.
+    pub fn set_owned(&mut self, addr: u64, owned: u64) {
+        let Some(o) = self.objects.get_mut(&addr) else {
+            return;
+        };
+        let (old, new) = (o.bytes, o.bytes - o.owned + owned);
+        o.bytes = new;
+        o.owned = owned;
+        for c in [
+            self.types.get_mut(&o.type_ptr),
+            self.sites.get_mut(&(o.type_ptr, o.site)),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            c.live_bytes = c.live_bytes - old + new;
+        }
     }
 
     /// Births from now on belong to window `epoch`.
@@ -1086,5 +1118,30 @@ mod tests {
     fn slope_of_a_line() {
         assert!((slope(&[0.0, 1.0, 2.0], &[5, 7, 9]) - 2.0).abs() < 1e-12);
         assert_eq!(slope(&[0.0], &[1]), 0.0);
+    }
+
+    #[test]
+    fn owned_buffers_count_in_their_owners_bytes_until_they_die() {
+        let mut a = Aggregator::new();
+        let b = Birth {
+            type_ptr: 0x10,
+            bytes: 56,
+            preheader: 0,
+            site: 3,
+        };
+        a.birth(0x1000, Some(b));
+        a.birth(0x2000, Some(b));
+        a.set_owned(0x1000, 65_537);
+        a.set_owned(0x9999, 1); // not tracked: nothing happens
+        let (types, sites) = a.snapshot(1.0, &mut |_| "bytearray".into());
+        assert_eq!(types[0].live_bytes, 2 * 56 + 65_537);
+        assert_eq!(sites[0].live_bytes, 2 * 56 + 65_537);
+        a.set_owned(0x1000, 100); // shrunk
+        a.free(0x2000);
+        let (types, _) = a.snapshot(2.0, &mut |_| "bytearray".into());
+        assert_eq!(types[0].live_bytes, 56 + 100);
+        a.free(0x1000);
+        let (types, sites) = a.snapshot(3.0, &mut |_| "bytearray".into());
+        assert_eq!((types[0].live_bytes, sites[0].live_bytes), (0, 0));
     }
 }

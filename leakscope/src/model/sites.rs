@@ -6,24 +6,49 @@ use hashbrown::HashMap;
 pub struct Frame {
     pub function: String,
     pub file: String,
-    /// `None` where CPython reports no line for the instruction.
+    /// `None` where CPython reports no line for the instruction (or a native frame has no
+    /// debug info).
     pub line: Option<i32>,
+    /// A native frame's library (as the target names it); `None` for a Python frame. A
+    /// native frame without debug info has an empty `file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub library: Option<String>,
+}
+
+fn base(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
 }
 
 impl Frame {
-    /// `function (file:line)` with the file's base name only.
-    pub fn short_label(&self) -> String {
-        let file = self.file.rsplit('/').next().unwrap_or(&self.file);
-        match self.line {
-            Some(l) => format!("{} ({file}:{l})", self.function),
-            None => format!("{} ({file})", self.function),
+    pub fn python(function: String, file: String, line: Option<i32>) -> Frame {
+        Frame {
+            function,
+            file,
+            line,
+            library: None,
         }
     }
 
+    /// `function (file:line)` with the file's base name only; a native frame adds its
+    /// library's: `function (file:line, libfoo.so)`.
+    pub fn short_label(&self) -> String {
+        self.render(base(&self.file), self.library.as_deref().map(base))
+    }
+
     pub fn label(&self) -> String {
-        match self.line {
-            Some(l) => format!("{} ({}:{l})", self.function, self.file),
-            None => format!("{} ({})", self.function, self.file),
+        self.render(&self.file, self.library.as_deref())
+    }
+
+    fn render(&self, file: &str, library: Option<&str>) -> String {
+        let place = match (file.is_empty(), self.line) {
+            (true, _) => String::new(),
+            (false, Some(l)) => format!("{file}:{l}"),
+            (false, None) => file.to_string(),
+        };
+        match (place.is_empty(), library) {
+            (false, Some(lib)) => format!("{} ({place}, {lib})", self.function),
+            (true, Some(lib)) => format!("{} ({lib})", self.function),
+            (_, None) => format!("{} ({place})", self.function),
         }
     }
 }
@@ -115,6 +140,7 @@ mod tests {
             function: function.into(),
             file: "app.py".into(),
             line: Some(line),
+            library: None,
         }
     }
 
@@ -164,11 +190,7 @@ mod tests {
     #[test]
     fn semicolons_cannot_split_frames() {
         let s = Site {
-            frames: vec![Frame {
-                function: "a;b".into(),
-                file: "x;y.py".into(),
-                line: None,
-            }],
+            frames: vec![Frame::python("a;b".into(), "x;y.py".into(), None)],
             truncated: false,
         };
         assert_eq!(folded(&[(&s, "T".into(), 1)]), "a:b (x:y.py);T 1\n");

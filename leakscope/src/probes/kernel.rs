@@ -14,15 +14,15 @@ use aya::{
 use aya_log::EbpfLogger;
 use leakscope_common::{
     DROP_FRAME_READ_FAILED, DROP_NO_TSTATE, DROP_READ_FAILED, DROP_RINGBUF_FULL,
-    DROP_STACK_MAP_FULL, Event, MAX_PROBES, MAX_WALK_TYPES, RawStack, StackConfig, WALK_COUNT,
-    WALK_FILTERED, WALK_FRAMES, WALK_NS, WALK_TRUNCATED, names,
+    DROP_STACK_MAP_FULL, EVENT_NATIVE_ALLOC, Event, MAX_PROBES, MAX_WALK_TYPES, NativeConfig,
+    RawStack, StackConfig, WALK_COUNT, WALK_FILTERED, WALK_FRAMES, WALK_NS, WALK_TRUNCATED, names,
 };
 use object::{Object, ObjectSection, ObjectSymbol, read::elf::ElfFile64};
 use std::{num::NonZeroU32, os::fd::OwnedFd};
 
 static BPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakscope.bpf.o"));
-pub const PROGRAMS: [&str; 4] = names::PROGRAMS;
+pub const PROGRAMS: [&str; 7] = names::PROGRAMS;
 
 /// The BPF object this binary embeds (empty when it was built without one).
 pub fn embedded_object() -> &'static [u8] {
@@ -154,6 +154,8 @@ pub struct AttachOptions {
     /// Use perf-event links even where uprobe_multi links work (`LEAKSCOPE_PERF_LINKS=1`:
     /// for comparison, and to test that path on a kernel that has both).
     pub perf_links: bool,
+    /// Code whose native allocations are not recorded (`--native`).
+    pub native: NativeConfig,
 }
 
 /// What the kernel side counted, summed over CPUs.
@@ -170,6 +172,36 @@ pub struct Counters {
     pub walk_truncated: u64,
     /// Births not walked: their type was not in the walk filter.
     pub walk_filtered: u64,
+    /// Native allocations whose stack could not be copied (kept without native frames).
+    pub native_stack_failed: u64,
+    /// Native allocations by the interpreter or the C library itself (not recorded).
+    pub native_skipped: u64,
+    /// Native returns without their entry (a call in flight when the probes attached).
+    pub native_unpaired: u64,
+}
+
+/// The stack a native allocation copied: its caller's registers after the return and
+/// `stack` bytes from `sp` (what `native::Unwinder` walks).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NativeRecord {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    pub stack: Vec<u8>,
+}
+
+/// The native part of a `NativeEvent` record; `None` when it is too short to be one.
+pub fn decode_native(record: &[u8]) -> Option<NativeRecord> {
+    let head = size_of::<Event>();
+    let word = |i: usize| -> Option<u64> {
+        let b = record.get(head + 8 * i..head + 8 * i + 8)?;
+        Some(u64::from_ne_bytes(b.try_into().ok()?))
+    };
+    let (ip, sp, bp, len) = (word(0)?, word(1)?, word(2)?, word(3)?);
+    let start = head + 32;
+    let len = (len as usize).min(leakscope_common::NATIVE_STACK_BYTES);
+    let stack = record.get(start..start + len)?.to_vec();
+    Some(NativeRecord { ip, sp, bp, stack })
 }
 
 /// One ring-buffer record as an event; `None` when it is too short to be one.
@@ -287,6 +319,7 @@ impl Tracer {
             stack_config,
             verbose,
             perf_links,
+            native,
         } = *opts;
         if BPF_OBJECT.is_empty() {
             bail!(
@@ -344,6 +377,12 @@ impl Tracer {
         Array::<_, StackConfig>::try_from(config)?
             .set(0, stack_config, 0)
             .context("writing the stack walker's settings")?;
+        let native_config = ebpf
+            .map_mut(names::NATIVE_CONFIG)
+            .with_context(|| format!("the BPF object has no map {}", names::NATIVE_CONFIG))?;
+        Array::<_, NativeConfig>::try_from(native_config)?
+            .set(0, native, 0)
+            .context("writing the native allocator's settings")?;
         let pid = NonZeroU32::new(pid).context("pid 0")?;
         let mut take = |name: &str| {
             ebpf.take_map(name)
@@ -445,7 +484,8 @@ impl Tracer {
         order.sort_by_key(|&i| is_birth(self.specs[i].program));
         for i in order {
             let spec = self.specs[i].clone();
-            match self.attach_one(i as u64, &spec, self.pid) {
+            let cookie = i as u64 | (u64::from(spec.kind) << leakscope_common::COOKIE_KIND_SHIFT);
+            match self.attach_one(cookie, &spec, self.pid) {
                 Ok(link) => self.links.push((self.specs[i].program, link)),
                 Err(e) => {
                     self.detach_probes();
@@ -542,6 +582,7 @@ impl Tracer {
                 file_offset: offset,
                 point: super::disasm::ProbePoint::default(),
                 entry: super::disasm::ProbePoint::default(),
+                kind: 0,
             };
             let plain = time(calls);
             let link = self
@@ -575,6 +616,7 @@ impl Tracer {
             file_offset: offset,
             point: super::disasm::ProbePoint::default(),
             entry: super::disasm::ProbePoint::default(),
+            kind: 0,
         };
         let link = self
             .attach_one(CALIBRATION_COOKIE, &spec, self_pid()?)
@@ -607,7 +649,14 @@ impl Tracer {
 
     /// Moves at most `max` queued events into `out`; true when it stopped at `max` (more
     /// may be waiting).
-    pub fn drain(&mut self, out: &mut Vec<Event>, max: usize) -> bool {
+    /// A native allocation's event comes with its `NativeRecord`, appended to `natives` in
+    /// the same order (the pipeline takes them one per `EVENT_NATIVE_ALLOC`).
+    pub fn drain(
+        &mut self,
+        out: &mut Vec<Event>,
+        natives: &mut Vec<NativeRecord>,
+        max: usize,
+    ) -> bool {
         // Log lines are rare (first failures only): printing them each drain is enough.
         if let Some(logger) = &mut self.logger {
             logger.flush();
@@ -619,6 +668,13 @@ impl Tracer {
             };
             taken += 1;
             match decode(&item) {
+                Some(e) if e.kind == EVENT_NATIVE_ALLOC => match decode_native(&item) {
+                    Some(n) => {
+                        out.push(e);
+                        natives.push(n);
+                    }
+                    None => self.short_records += 1,
+                },
                 Some(e) => out.push(e),
                 None => self.short_records += 1,
             }
@@ -644,6 +700,9 @@ impl Tracer {
             walk_ns: walk(WALK_NS),
             walk_truncated: walk(WALK_TRUNCATED),
             walk_filtered: walk(WALK_FILTERED),
+            native_stack_failed: drop(leakscope_common::DROP_NATIVE_STACK),
+            native_skipped: walk(leakscope_common::WALK_NATIVE_SKIPPED),
+            native_unpaired: walk(leakscope_common::WALK_NATIVE_UNPAIRED),
         }
     }
 
@@ -692,8 +751,9 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
         .with_context(|| format!("BPF program {name} is not a uprobe"))
 }
 
+/// Births attach last and detach first (a native allocation is a birth).
 fn is_birth(program: &str) -> bool {
-    program.starts_with("birth")
+    program.starts_with("birth") || program == names::NATIVE_ENTER || program == names::NATIVE_RET
 }
 
 impl Drop for Tracer {

@@ -50,6 +50,9 @@ pub struct ProbeSpec {
     pub point: ProbePoint,
     /// The function's first instruction (what `point` was moved forward from).
     pub entry: ProbePoint,
+    /// What a native entry probe's function takes (`leakscope_common::NATIVE_*`; 0 for
+    /// every other probe), passed to the program in the attach cookie.
+    pub kind: u32,
 }
 
 pub struct Plan {
@@ -121,6 +124,7 @@ pub fn plan(process: &Process, interp: &Interpreter) -> Result<Plan> {
                 file_offset: off,
                 point: entry.clone(),
                 entry,
+                kind: 0,
             });
         }
     }
@@ -172,6 +176,7 @@ fn entry_probe(
             + point.offset,
         point,
         entry: disasm::first_instruction(code, vaddr),
+        kind: 0,
     })
 }
 
@@ -227,6 +232,7 @@ fn allocator_slot_probe(
         file_offset: file_offset + point.offset,
         point,
         entry,
+        kind: 0,
     })
 }
 
@@ -320,5 +326,137 @@ pub fn stack_config(
         timing: timing as u64,
         walk_filter: 0,
         gc_collecting: 0,
+    })
+}
+
+/// The native allocator's probes (`--native`) and the code whose own allocations are not
+/// recorded (`leakscope_common::NativeConfig`).
+pub struct NativePlan {
+    pub probes: Vec<ProbeSpec>,
+    /// The C library the target maps, as the target names it.
+    pub libc: String,
+    pub skip: Vec<(u64, u64)>,
+}
+
+/// Allocating functions of the C library: name, what its arguments are. `aligned_alloc`
+/// and `memalign` are one function in glibc (probed once, by file offset).
+const NATIVE_ALLOCATORS: [(&str, u32); 9] = [
+    ("malloc", leakscope_common::NATIVE_MALLOC),
+    ("calloc", leakscope_common::NATIVE_CALLOC),
+    ("realloc", leakscope_common::NATIVE_REALLOC),
+    ("posix_memalign", leakscope_common::NATIVE_POSIX_MEMALIGN),
+    ("aligned_alloc", leakscope_common::NATIVE_MEMALIGN),
+    ("memalign", leakscope_common::NATIVE_MEMALIGN),
+    ("valloc", leakscope_common::NATIVE_VALLOC),
+    ("pvalloc", leakscope_common::NATIVE_VALLOC),
+    ("mmap", leakscope_common::NATIVE_MMAP_CALL),
+];
+const NATIVE_RELEASERS: [&str; 2] = ["free", "munmap"];
+
+fn is_libc(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.starts_with("libc.so")
+        || (name.starts_with("libc-") && name.ends_with(".so"))
+        || name.starts_with("ld-musl")
+}
+
+fn is_loader(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.starts_with("ld-linux") || name.starts_with("ld64.so")
+}
+
+/// Plans entry and return probes on the allocators of the C library the target really maps
+/// (opened through its root), and entry probes on `free` and `munmap`.
+pub fn native(process: &Process, interp: &Interpreter) -> Result<NativePlan> {
+    let maps = process.maps()?;
+    let Some(m) = maps
+        .iter()
+        .find(|m| m.offset == 0 && m.path.starts_with('/') && is_libc(&m.path))
+    else {
+        bail!(
+            "--native: process {} maps no C library (libc.so.6 or musl's loader); native \
+             allocations cannot be traced",
+            process.pid
+        );
+    };
+    let path = process.file_of(m);
+    let bin = crate::target::elf::Binary::open(&path)
+        .with_context(|| format!("--native: reading the C library {}", m.path))?;
+    let mut probes: Vec<ProbeSpec> = vec![];
+    let mut seen = hashbrown::HashSet::new();
+    for (name, kind) in NATIVE_ALLOCATORS {
+        let Some((vaddr, size)) = bin.symbol(name) else {
+            continue;
+        };
+        let off = bin
+            .vaddr_to_offset(vaddr)
+            .with_context(|| format!("{name} outside any segment of {}", m.path))?;
+        if !seen.insert(off) {
+            continue;
+        }
+        let code = bin.bytes_at(vaddr, size.clamp(1, 16)).unwrap_or(&[]);
+        // A return probe must sit at the entry: it takes the return address at the stack
+        // pointer there. The entry probe shares its breakpoint (one trap for both).
+        let entry = disasm::first_instruction(code, vaddr);
+        for (program, label) in [("native_enter", "entry"), ("native_ret", "return")] {
+            probes.push(ProbeSpec {
+                label: format!("{name} ({label})"),
+                program,
+                path: path.clone(),
+                file_offset: off,
+                point: entry.clone(),
+                entry: entry.clone(),
+                kind,
+            });
+        }
+    }
+    if probes.is_empty() {
+        bail!(
+            "--native: {} exports none of malloc, calloc, realloc",
+            m.path
+        );
+    }
+    for name in NATIVE_RELEASERS {
+        let Some((vaddr, size)) = bin.symbol(name) else {
+            continue;
+        };
+        let code = bin
+            .bytes_at(vaddr, size.max(1))
+            .with_context(|| format!("no code for {name} in {}", m.path))?;
+        let point = disasm::entry_probe(code, vaddr, Register::RDI);
+        probes.push(ProbeSpec {
+            label: format!("{name}+{}", point.offset),
+            program: "native_free",
+            path: path.clone(),
+            file_offset: bin
+                .vaddr_to_offset(vaddr)
+                .context("symbol outside any segment")?
+                + point.offset,
+            point,
+            entry: disasm::first_instruction(code, vaddr),
+            kind: 0,
+        });
+    }
+    // Whole mapped extents: return addresses only ever fall in their code.
+    let extent = |keep: &dyn Fn(&str) -> bool| {
+        let spans: Vec<_> = maps.iter().filter(|x| keep(&x.path)).collect();
+        Some((
+            spans.iter().map(|x| x.start).min()?,
+            spans.iter().map(|x| x.end).max()?,
+        ))
+    };
+    let libc_path = m.path.clone();
+    let mut skip = vec![];
+    let lo = interp.ranges.iter().map(|r| r.0).min();
+    let hi = interp.ranges.iter().map(|r| r.1).max();
+    if let (Some(lo), Some(hi)) = (lo, hi) {
+        skip.push((lo, hi));
+    }
+    skip.extend(extent(&|p| p == libc_path));
+    skip.extend(extent(&is_loader));
+    Ok(NativePlan {
+        probes,
+        libc: m.path.clone(),
+        skip,
     })
 }

@@ -127,6 +127,22 @@ pub struct WalkStats {
     pub truncated: u64,
 }
 
+/// `--native`: the C library probed, and the allocations it did not record.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NativeInfo {
+    /// The C library, as the target names it.
+    pub library: String,
+    /// Allocations made by the interpreter itself or inside the C library (pymalloc's
+    /// arenas, objects too large for pymalloc): Python objects, not native leaks.
+    pub interpreter_allocations: u64,
+    /// Returns without their entry (calls in flight when the probes attached).
+    pub unpaired: u64,
+    /// Allocations whose stack could not be copied: kept, without native frames.
+    pub stack_unreadable: u64,
+    /// Native records missing behind their event (a kernel/user-space mismatch).
+    pub unmatched: u64,
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Losses {
     /// Events the kernel could not queue (ring buffer full): births/frees never seen.
@@ -246,6 +262,9 @@ pub struct Report {
     pub retention: Option<RetentionInfo>,
     pub live_objects: u64,
     pub ignored_births: u64,
+    /// `--native`: where the allocator probes are and what they did not record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub native: Option<NativeInfo>,
     pub lost: Losses,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probes: Option<Vec<ProbeStat>>,
@@ -428,6 +447,24 @@ pub fn text(report: &Report, top: usize) -> String {
             thousands(f.dead_other_type),
             thousands(f.dead_other_contents),
             thousands(f.dead_unreadable)
+        );
+    }
+    if let Some(n) = &report.native {
+        let _ = writeln!(
+            s,
+            "  native: {} · {} allocations by the interpreter itself not counted as native{}",
+            n.library,
+            thousands(n.interpreter_allocations),
+            if n.unpaired + n.stack_unreadable + n.unmatched > 0 {
+                format!(
+                    " · {} returns without their entry, {} stacks unreadable, {} records missing",
+                    thousands(n.unpaired),
+                    thousands(n.stack_unreadable),
+                    thousands(n.unmatched)
+                )
+            } else {
+                String::new()
+            }
         );
     }
     let l = &report.lost;
@@ -886,11 +923,13 @@ mod tests {
                         function: "level3".into(),
                         file: "app.py".into(),
                         line: Some(7),
+                        library: None,
                     },
                     Frame {
                         function: "<module>".into(),
                         file: "app.py".into(),
                         line: Some(20),
+                        library: None,
                     },
                 ],
                 truncated: false,
@@ -904,6 +943,7 @@ mod tests {
                     function: "make_pair".into(),
                     file: "app.py".into(),
                     line: Some(12),
+                    library: None,
                 }],
                 truncated: false,
             }],
@@ -911,6 +951,7 @@ mod tests {
             retention: None,
             live_objects: 20012,
             ignored_births: 0,
+            native: None,
             lost: Losses::default(),
             probes: None,
             programs: None,

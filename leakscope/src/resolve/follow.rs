@@ -45,6 +45,12 @@ pub enum Why {
 
 /// Reads one followed object and says whether it is still the one that was born.
 pub fn check(mem: &dyn Memory, o: &Followed) -> Verdict {
+    if matches!(
+        o.type_ptr,
+        leakscope_common::NATIVE_HEAP | leakscope_common::NATIVE_MMAP
+    ) {
+        return check_native(mem, o);
+    }
     let body = o
         .bytes
         .saturating_sub(o.preheader)
@@ -77,6 +83,27 @@ pub fn check(mem: &dyn Memory, o: &Followed) -> Verdict {
     } as usize;
     let obj = o.preheader as usize;
     let tag = fnv(&[&buf[..gc_from], &buf[obj + 8..]]).max(1);
+    if o.tag != 0 && o.tag != tag {
+        return Verdict::Dead(Why::OtherContents);
+    }
+    Verdict::Alive { tag }
+}
+
+/// A native block has no reference count or type: its tag is the word before it (glibc's
+/// chunk size, which a merge with a neighbour changes) and its first bytes, which a free
+/// overwrites (glibc's tcache writes its next pointer and its per-process key there, the
+/// other bins their list pointers; a safe-linked null is not zero). A block the program
+/// itself rewrites is taken for dead (a leak looks smaller, never larger). An unmapped
+/// mapping is unreadable: dead.
+fn check_native(mem: &dyn Memory, o: &Followed) -> Verdict {
+    let heap = o.type_ptr == leakscope_common::NATIVE_HEAP;
+    let before = if heap { 8 } else { 0 };
+    let body = o.bytes.clamp(8, 8 + TAG_BYTES);
+    let mut buf = vec![0u8; (before + body) as usize];
+    if mem.read(o.addr - before, &mut buf).is_err() {
+        return Verdict::Dead(Why::Unreadable);
+    }
+    let tag = fnv(&[&buf]).max(1);
     if o.tag != 0 && o.tag != tag {
         return Verdict::Dead(Why::OtherContents);
     }
@@ -157,6 +184,37 @@ mod tests {
         // Unmapped.
         m.unmap(0x1000 - 32, 64);
         assert_eq!(check(&*m, &f), Verdict::Dead(Why::Unreadable));
+    }
+
+    #[test]
+    fn a_freed_native_block_is_dead_a_kept_one_alive() {
+        let m = FakeMemory::new();
+        // glibc chunk: size word, then the block.
+        m.put_words(0x3000 - 8, &[0x1011, 0xaaaa, 0xbbbb, 0xcccc]);
+        let mut f = Followed {
+            addr: 0x3000,
+            type_ptr: leakscope_common::NATIVE_HEAP,
+            site: 1,
+            epoch: 1,
+            bytes: 24,
+            preheader: 0,
+            tag: 0,
+        };
+        let Verdict::Alive { tag } = check(&*m, &f) else {
+            panic!("a kept block is alive");
+        };
+        f.tag = tag;
+        assert_eq!(check(&*m, &f), Verdict::Alive { tag });
+        // free(): tcache writes its next pointer and key into the block.
+        m.put_words(0x3000, &[0x5555_0003, 0x1234_5678_9abc_def0]);
+        assert_eq!(check(&*m, &f), Verdict::Dead(Why::OtherContents));
+        // munmap'ed: unreadable.
+        let g = Followed {
+            type_ptr: leakscope_common::NATIVE_MMAP,
+            addr: 0x9000,
+            ..f
+        };
+        assert_eq!(check(&*m, &g), Verdict::Dead(Why::Unreadable));
     }
 
     #[test]

@@ -104,11 +104,11 @@ impl Symbolizer {
             }
             None => None,
         };
-        Some(Frame {
-            function: info.function.clone(),
-            file: info.file.clone(),
+        Some(Frame::python(
+            info.function.clone(),
+            info.file.clone(),
             line,
-        })
+        ))
     }
 
     fn fingerprint(&self, code: u64) -> Option<[u64; 3]> {

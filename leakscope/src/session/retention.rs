@@ -54,13 +54,21 @@ impl Retention {
         rows: &[TypeRow],
         report_of: &dyn Fn(&TypeRow) -> SiteReport,
     ) -> (Vec<FindingReport>, RetentionInfo) {
-        let growing: Vec<&TypeRow> = rows.iter().filter(|r| r.growing && r.live > 0).collect();
+        // Native blocks hold no Python references and are not held by any we can read:
+        // they are reported as sites, without findings.
+        let growing: Vec<&TypeRow> = rows
+            .iter()
+            .filter(|r| r.growing && r.live > 0 && !is_native(r.type_ptr))
+            .collect();
         let keys: Vec<SiteKey> = growing.iter().map(|r| (r.type_ptr, r.site)).collect();
         let graph = Graph::read(
             self.layout,
             &self.heap,
             self.allocator.as_ref(),
-            &agg.live(),
+            &agg.live()
+                .into_iter()
+                .filter(|&(_, t)| !is_native(t))
+                .collect::<Vec<_>>(),
             &mut self.resolver,
             &*self.mem,
         );
@@ -296,7 +304,13 @@ impl Retention {
             End::Cycle if c.through_native => "a cycle through a C-level holder the collector does not traverse: a cycle the collector cannot break".to_string(),
             End::Cycle => "a reference cycle (the collector frees it once nothing else holds it)".to_string(),
             End::Unrooted => "no root among the objects read: the last holder is held from a thread's running frames, C memory or the interpreter's own state".to_string(),
-            End::NoReferrer => "no holder among the objects read: held from a thread's running frames or C memory".to_string(),
+            End::NoReferrer => match self.mem.u64(c.start) {
+                // Immortal objects (3.12+) keep a refcount's low word all ones.
+                Ok(n) if (1..crate::resolve::follow::MAX_REFCNT).contains(&n) => format!(
+                    "no object refers to it, yet its reference count is {n}: a reference taken in C and never released (a reference-count leak in an extension), or C memory or a running frame holding it"
+                ),
+                _ => "no holder among the objects read: held from a thread's running frames or C memory".to_string(),
+            },
         }
     }
 }
@@ -313,4 +327,12 @@ pub fn unavailable(error: String) -> RetentionInfo {
         bounded: false,
         error: Some(error),
     }
+}
+
+/// Rows of native blocks (`--native`), which have no Python references.
+pub fn is_native(type_ptr: u64) -> bool {
+    matches!(
+        type_ptr,
+        leakscope_common::NATIVE_HEAP | leakscope_common::NATIVE_MMAP
+    )
 }

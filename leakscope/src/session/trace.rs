@@ -11,20 +11,28 @@ use crate::cpython;
 use crate::model::aggregate::{self, Aggregator, CensusTrend, TypeRow};
 use crate::model::budget::{self, Budget, Controller, Mode};
 use crate::model::sites::{self, Sites};
+use crate::probes::kernel::NativeRecord;
 use crate::probes::kernel::{self, AttachOptions, LinkKind, Tracer, TrapCost};
 use crate::probes::plan::{self, Coverage, Plan};
 use crate::report::{self, EndReason, FollowStats, Report, ReportKind};
 use crate::resolve::follow::{self, Verdict, Why};
+use crate::resolve::native::{NativeFrames, NativeStacks};
 use crate::resolve::{symbols::Symbolizer, types::Resolver};
 use crate::target::{Process, interpreter::Interpreter};
 use anyhow::{Context, Result, bail};
-use leakscope_common::{EVENT_BIRTH, EVENT_FREE, Event, FREE_IN_GC, RawStack};
+use hashbrown::HashMap;
+use leakscope_common::{
+    EVENT_BIRTH, EVENT_FREE, EVENT_NATIVE_ALLOC, EVENT_NATIVE_FREE, Event, FREE_IN_GC, RawStack,
+};
 use std::time::{Duration, Instant};
 
 /// Most events taken from the ring buffer per turn of the loop. Between two batches the
 /// loop looks at signals, the deadline and the report clock, so none of them waits behind
 /// a busy target. (At ~100 ns an event, a batch is a couple of milliseconds.)
 pub const BATCH: usize = 16_384;
+
+/// Most owning objects (bytearrays, lists) whose buffers one report re-reads.
+pub const MAX_OWNED_READS: usize = 200_000;
 
 /// Events in, live set out: what user space does with every event. Reads the target only
 /// through the resolver and the symbolizer (cached; a type or code object is read once).
@@ -34,6 +42,14 @@ pub struct Pipeline {
     pub agg: Aggregator,
     /// Events of a kind this side does not know (never silently dropped).
     pub unknown_events: u64,
+    /// Native stacks (`--native`): unwound and symbolized here.
+    pub native: Option<Box<dyn NativeFrames>>,
+    /// (native return addresses, Python site) → mixed site.
+    native_sites: HashMap<(Vec<u64>, u32), u32>,
+    /// Native allocations whose record was missing (never silently dropped).
+    pub native_unmatched: u64,
+    /// Builtin types whose objects own a buffer (type pointer, how to read its size).
+    pub owners: Vec<(u64, cpython::Owner, u64)>,
 }
 
 impl Pipeline {
@@ -43,19 +59,100 @@ impl Pipeline {
             symbolizer,
             agg: Aggregator::new(),
             unknown_events: 0,
+            native: None,
+            native_sites: HashMap::new(),
+            native_unmatched: 0,
+            owners: vec![],
+        }
+    }
+
+    /// Re-reads what live bytearrays and lists own beside themselves (their buffers) and
+    /// counts it in their bytes, so `bytearray` rows show their real size. At most
+    /// `MAX_OWNED_READS` objects per call (one 8-byte read each).
+    pub fn refresh_owned(&mut self, mem: &dyn crate::target::Memory) {
+        if self.owners.is_empty() {
+            return;
+        }
+        let types: Vec<u64> = self.owners.iter().map(|o| o.0).collect();
+        for addr in self.agg.live_of(&types).into_iter().take(MAX_OWNED_READS) {
+            let Some((_, kind, off)) = self
+                .agg
+                .site_of(addr)
+                .and_then(|(t, _)| self.owners.iter().find(|o| o.0 == t))
+                .copied()
+            else {
+                continue;
+            };
+            if let Some(n) = mem
+                .u64(addr + off)
+                .ok()
+                .and_then(|w| cpython::owned_bytes(kind, w))
+            {
+                self.agg.set_owned(addr, n);
+            }
         }
     }
 
     /// Feeds events in order; `stack` reads a kernel stack the first time its id is seen.
-    pub fn feed(&mut self, events: &[Event], stack: &mut dyn FnMut(u64) -> Option<RawStack>) {
+    /// `natives` holds one record per `EVENT_NATIVE_ALLOC`, in order.
+    pub fn feed(
+        &mut self,
+        events: &[Event],
+        natives: &[NativeRecord],
+        stack: &mut dyn FnMut(u64) -> Option<RawStack>,
+    ) {
+        let mut natives = natives.iter();
         for e in events {
             match e.kind {
                 EVENT_BIRTH => self.birth(e, stack),
                 EVENT_FREE if e.type_ptr & FREE_IN_GC != 0 => self.agg.free_in_gc(e.addr),
-                EVENT_FREE => self.agg.free(e.addr),
+                EVENT_FREE | EVENT_NATIVE_FREE => self.agg.free(e.addr),
+                EVENT_NATIVE_ALLOC => match natives.next() {
+                    Some(r) => self.native_birth(e, r, stack),
+                    None => self.native_unmatched += 1,
+                },
                 _ => self.unknown_events += 1,
             }
         }
+    }
+
+    /// A native block: its site is its native frames (from the allocating function out to
+    /// the interpreter) above the calling thread's Python frames.
+    fn native_birth(
+        &mut self,
+        e: &Event,
+        r: &NativeRecord,
+        stack: &mut dyn FnMut(u64) -> Option<RawStack>,
+    ) {
+        let site = match (&mut self.symbolizer, &mut self.native) {
+            (Some(sym), Some(native)) => {
+                let python = sym.site(e.stack_id, &mut *stack);
+                let addrs = native.unwind(r);
+                let key = (addrs, python);
+                match self.native_sites.get(&key) {
+                    Some(&s) => s,
+                    None => {
+                        let mut frames: Vec<_> = key.0.iter().map(|&a| native.frame(a)).collect();
+                        let py = sym.sites.get(python);
+                        frames.extend(py.frames.iter().cloned());
+                        let truncated = py.truncated;
+                        let s = sym.sites.intern(sites::Site { frames, truncated });
+                        self.native_sites.insert(key, s);
+                        s
+                    }
+                }
+            }
+            _ => 0,
+        };
+        self.agg.birth(
+            e.addr,
+            Some(aggregate::Birth {
+                type_ptr: e.type_ptr,
+                bytes: e.ob_size.max(0) as u64,
+                preheader: 0,
+                site,
+            }),
+        );
     }
 
     fn birth(&mut self, e: &Event, stack: &mut dyn FnMut(u64) -> Option<RawStack>) {
@@ -77,6 +174,18 @@ impl Pipeline {
             _ => None,
         };
         self.agg.birth(e.addr, birth);
+    }
+}
+
+/// A row's name: the type's, or the native allocator's for native blocks.
+pub fn type_name(resolver: &mut Resolver, t: u64) -> String {
+    match t {
+        leakscope_common::NATIVE_HEAP => "native heap".into(),
+        leakscope_common::NATIVE_MMAP => "native mmap".into(),
+        _ => resolver
+            .get(t)
+            .map(|i| i.name.clone())
+            .unwrap_or_else(|| format!("<type {t:#x}>")),
     }
 }
 
@@ -110,6 +219,13 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
     kernel::check_uprobe_support(std::path::Path::new("/sys/bus/event_source/devices/uprobe"))?;
     let interp = Interpreter::find(&process)?;
     let mut plan = plan::plan(&process, &interp)?;
+    let native = if cfg.native {
+        let n = plan::native(&process, &interp)?;
+        plan.probes.extend(n.probes.iter().cloned());
+        Some(n)
+    } else {
+        None
+    };
     if cfg.placement == Placement::Entries {
         plan.at_entries();
     }
@@ -152,6 +268,7 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
             stack_config: kernel_config,
             verbose: cfg.verbose,
             perf_links: std::env::var_os("LEAKSCOPE_PERF_LINKS").is_some_and(|v| v == "1"),
+            native: native.as_ref().map(native_config).unwrap_or_default(),
         },
     )?;
     // What a hit costs, measured here before the target pays anything (meanwhile, what
@@ -218,6 +335,16 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
         )
     };
     let mut pipeline = Pipeline::new(resolver(process.memory()), symbolizer);
+    pipeline.owners = cpython::Owner::ALL
+        .iter()
+        .filter_map(|&(kind, name, off)| Some((interp.runtime_addr(name)?, kind, off)))
+        .collect();
+    if native.is_some() {
+        pipeline.native = Some(Box::new(NativeStacks::new(
+            process.pid,
+            interp.ranges.clone(),
+        )));
+    }
     // Free signals: on partial builds the GC lists and pymalloc's pools count the builtins
     // the probes cannot see; under a budget, pymalloc's size classes show what grows on
     // any build. Both walk on their own thread, paced.
@@ -265,6 +392,8 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
         started,
         census,
         events: Vec::with_capacity(BATCH),
+        natives: vec![],
+        native_libc: native.as_ref().map(|n| n.libc.clone()),
         sampler: Sampler {
             ctl: Controller::new(cfg.budget),
             trap,
@@ -392,6 +521,20 @@ const MIN_COLLECTED: u64 = 10;
 /// Most time spent taking what is queued when a window closes (then the rest waits).
 const CLOSE_DRAIN: Duration = Duration::from_millis(500);
 
+fn native_config(n: &plan::NativePlan) -> leakscope_common::NativeConfig {
+    let mut c = leakscope_common::NativeConfig::default();
+    for (i, &(lo, hi)) in n
+        .skip
+        .iter()
+        .take(leakscope_common::NATIVE_SKIP_RANGES)
+        .enumerate()
+    {
+        c.skip_lo[i] = lo;
+        c.skip_hi[i] = hi;
+    }
+    c
+}
+
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
@@ -463,6 +606,9 @@ struct Session<'a> {
     started: Instant,
     census: CensusRows,
     events: Vec<Event>,
+    natives: Vec<NativeRecord>,
+    /// `--native`: the C library whose allocator is probed.
+    native_libc: Option<String>,
     sampler: Sampler,
     /// Births walk Python stacks.
     stacks: bool,
@@ -477,8 +623,9 @@ impl Session<'_> {
     /// One batch from the ring buffer into the pipeline; true when more is waiting.
     fn pump(&mut self, tracer: &mut Tracer, pipeline: &mut Pipeline) -> bool {
         self.events.clear();
-        let more = tracer.drain(&mut self.events, BATCH);
-        pipeline.feed(&self.events, &mut |id| tracer.stack(id));
+        self.natives.clear();
+        let more = tracer.drain(&mut self.events, &mut self.natives, BATCH);
+        pipeline.feed(&self.events, &self.natives, &mut |id| tracer.stack(id));
         more
     }
 
@@ -683,14 +830,12 @@ impl Session<'_> {
                 }
             }
         }
+        pipeline.refresh_owned(&*self.mem);
         let elapsed = self.started.elapsed().as_secs_f64();
         let resolver = &mut pipeline.resolver;
-        let (types, sites) = pipeline.agg.snapshot(elapsed, &mut |t| {
-            resolver
-                .get(t)
-                .map(|i| i.name.clone())
-                .unwrap_or_else(|| format!("<type {t:#x}>"))
-        });
+        let (types, sites) = pipeline
+            .agg
+            .snapshot(elapsed, &mut |t| type_name(resolver, t));
         let state = self.sampler.ctl.state(elapsed);
         self.sampler.observed = Some(Observation {
             types,
@@ -741,12 +886,18 @@ impl Session<'_> {
         let cfg = self.cfg;
         let elapsed = self.started.elapsed().as_secs_f64();
         let sampled = self.sampled();
+        if !sampled {
+            pipeline.refresh_owned(&*self.mem);
+        }
         let Pipeline {
             resolver,
             symbolizer,
             agg,
             unknown_events,
+            native_unmatched,
+            ..
         } = pipeline;
+        let native_unmatched = *native_unmatched;
         let (types, site_rows) = match (&self.sampler.observed, sampled) {
             (Some(obs), true) => {
                 let mut young_types: hashbrown::HashMap<u64, u64> = hashbrown::HashMap::new();
@@ -780,12 +931,7 @@ impl Session<'_> {
                         .collect(),
                 )
             }
-            _ => agg.snapshot(elapsed, &mut |t| {
-                resolver
-                    .get(t)
-                    .map(|i| i.name.clone())
-                    .unwrap_or_else(|| format!("<type {t:#x}>"))
-            }),
+            _ => agg.snapshot(elapsed, &mut |t| type_name(resolver, t)),
         };
         let (mut census_ms, mut census_error) = (None, None);
         let mut types = types;
@@ -892,7 +1038,12 @@ impl Session<'_> {
             })
             .collect();
         let (findings, retention) = match (&mut self.retention, reason.is_some()) {
-            _ if reason.is_none() || !site_rows.iter().any(|r| r.growing && r.live > 0) => {
+            // Native blocks have no Python referrers to read: only Python sites get findings.
+            _ if reason.is_none()
+                || !site_rows
+                    .iter()
+                    .any(|r| r.growing && r.live > 0 && !retention::is_native(r.type_ptr)) =>
+            {
                 (vec![], None)
             }
             _ if reason == Some(EndReason::TargetExited) || !self.process.alive() => (
@@ -982,6 +1133,13 @@ impl Session<'_> {
             retention,
             live_objects: agg.live_objects() as u64,
             ignored_births: agg.ignored_births,
+            native: self.native_libc.as_ref().map(|lib| report::NativeInfo {
+                library: lib.clone(),
+                interpreter_allocations: counters.native_skipped,
+                unpaired: counters.native_unpaired,
+                stack_unreadable: counters.native_stack_failed,
+                unmatched: native_unmatched,
+            }),
             lost: report::Losses {
                 ringbuf_full: counters.ringbuf_full,
                 kernel_read_failed: counters.read_failed,
@@ -1137,7 +1295,7 @@ mod tests {
             .map(|i| event(EVENT_BIRTH, 0x1000 + 32 * i))
             .chain((0..4).map(|i| event(EVENT_FREE, 0x1000 + 32 * i)))
             .collect();
-        p.feed(&events, &mut |_| None);
+        p.feed(&events, &[], &mut |_| None);
         assert_eq!(p.agg.live_objects(), 6);
         assert_eq!((p.unknown_events, p.resolver.failed_reads), (0, 0));
     }
@@ -1148,9 +1306,83 @@ mod tests {
         let mut p = pipeline();
         p.feed(
             &[event(EVENT_BIRTH, 0x1000), event(77, 0x2000), event(0, 0)],
+            &[],
             &mut |_| None,
         );
         assert_eq!(p.unknown_events, 2);
         assert_eq!(p.agg.live_objects(), 1);
+    }
+
+    /// Native frames that say which address they are.
+    struct FakeNative;
+    impl NativeFrames for FakeNative {
+        fn unwind(&mut self, r: &NativeRecord) -> Vec<u64> {
+            vec![r.ip, r.ip + 0x100]
+        }
+        fn frame(&mut self, addr: u64) -> sites::Frame {
+            sites::Frame {
+                function: format!("f{addr:x}"),
+                file: String::new(),
+                line: None,
+                library: Some("/lib/libx.so".into()),
+            }
+        }
+    }
+
+    #[test]
+    fn native_blocks_live_at_their_native_sites_until_freed() {
+        let mut p = pipeline();
+        p.symbolizer = Some(Symbolizer::new(
+            FakeMemory::new(),
+            V,
+            cpython::stack_layout(V).unwrap(),
+            0x9999,
+        ));
+        p.native = Some(Box::new(FakeNative));
+        let alloc = |addr, size| Event {
+            kind: EVENT_NATIVE_ALLOC,
+            addr,
+            type_ptr: leakscope_common::NATIVE_HEAP,
+            ob_size: size,
+            ..Default::default()
+        };
+        let rec = |ip| NativeRecord {
+            ip,
+            ..Default::default()
+        };
+        let events = [
+            alloc(0x5000, 4096),
+            alloc(0x6000, 4096),
+            alloc(0x7000, 100),
+            Event {
+                kind: EVENT_NATIVE_FREE,
+                addr: 0x6000,
+                ..Default::default()
+            },
+            // A record missing behind its event is counted, not guessed at.
+            alloc(0x8000, 1),
+        ];
+        p.feed(&events, &[rec(0xa0), rec(0xa0), rec(0xb0)], &mut |_| None);
+        assert_eq!(p.agg.live_objects(), 2);
+        assert_eq!(p.native_unmatched, 1);
+        let sym = p.symbolizer.as_ref().unwrap();
+        let (a, b) = (
+            p.agg.site_of(0x5000).unwrap(),
+            p.agg.site_of(0x7000).unwrap(),
+        );
+        assert_eq!(a.0, leakscope_common::NATIVE_HEAP);
+        assert_ne!(a.1, b.1, "other return addresses, other sites");
+        let frames: Vec<String> = sym
+            .sites
+            .get(a.1)
+            .frames
+            .iter()
+            .map(|f| f.short_label())
+            .collect();
+        assert_eq!(frames, ["fa0 (libx.so)", "f1a0 (libx.so)"]);
+        let (_, sites) = p.agg.snapshot(1.0, &mut |t| type_name(&mut p.resolver, t));
+        let bytes: u64 = sites.iter().map(|r| r.live_bytes).sum();
+        assert_eq!(bytes, 4096 + 100);
+        assert!(sites.iter().all(|r| r.name == "native heap"));
     }
 }

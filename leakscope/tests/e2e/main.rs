@@ -8,6 +8,7 @@ mod cycles;
 mod errors;
 mod findings;
 mod growth;
+mod native;
 mod overhead;
 mod sites;
 mod support;

@@ -193,6 +193,12 @@ pub fn tempdir(tag: &str) -> PathBuf {
 /// Compiles `tests/ext/leakext.c` against `interpreter`'s headers; returns the directory
 /// to put on PYTHONPATH.
 pub fn build_leakext(interpreter: &Path) -> PathBuf {
+    build_ext(interpreter, "leakext", &[])
+}
+
+/// Compiles `tests/ext/NAME.c` with `-O2` and `flags` against `interpreter`'s headers;
+/// returns the directory to put on PYTHONPATH.
+pub fn build_ext(interpreter: &Path, name: &str, flags: &[&str]) -> PathBuf {
     let q = |expr: &str| {
         let out = Command::new(interpreter)
             .args(["-c", &format!("import sysconfig; print({expr})")])
@@ -205,12 +211,14 @@ pub fn build_leakext(interpreter: &Path) -> PathBuf {
     let suffix = q("sysconfig.get_config_var('EXT_SUFFIX')");
     let dir = tempdir("ext");
     let status = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O2", "-I", &include, "-o"])
-        .arg(dir.join(format!("leakext{suffix}")))
-        .arg(repo().join("tests/ext/leakext.c"))
+        .args(["-shared", "-fPIC", "-O2"])
+        .args(flags)
+        .args(["-I", &include, "-o"])
+        .arg(dir.join(format!("{name}{suffix}")))
+        .arg(repo().join(format!("tests/ext/{name}.c")))
         .status()
         .expect("running cc");
-    assert!(status.success(), "compiling leakext against {include}");
+    assert!(status.success(), "compiling {name} against {include}");
     dir
 }
 
@@ -242,11 +250,17 @@ pub fn assert_rate(rate: f64, truth: f64, pct: f64, what: &str) {
 
 /// The line of `script` that carries the comment `# MARKER`.
 pub fn marker_line(script_name: &str, marker: &str) -> i64 {
-    let text = std::fs::read_to_string(script(script_name)).unwrap();
-    let tag = format!("# {marker}");
+    marker_in(&script(script_name), &format!("# {marker}"))
+}
+
+/// The line of `path` that ends with `tag`.
+pub fn marker_in(path: &Path, tag: &str) -> i64 {
+    let text = std::fs::read_to_string(path).unwrap();
+    let script_name = path.display();
+    let marker = tag;
     1 + text
         .lines()
-        .position(|l| l.trim_end().ends_with(&tag))
+        .position(|l| l.trim_end().ends_with(tag))
         .unwrap_or_else(|| panic!("{marker} not in {script_name}")) as i64
 }
 

@@ -1,0 +1,119 @@
+/* A C extension whose native memory leaks: the end-to-end tests of `--native` compile it
+ * with the usual -O2 and no frame pointers (-fomit-frame-pointer), against the target
+ * interpreter's headers.
+ *
+ * - leak(n): mallocs n bytes in leak_buffer and never frees them;
+ * - churn(n): mallocs n bytes in churn_buffer and frees them again;
+ * - State(): an object whose constructor callocs 256 bytes of native state that its
+ *   dealloc never frees;
+ * - hold(obj): takes a reference to obj and never releases it (a reference-count leak).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Where the blocks escape to, so that the compiler keeps every malloc. */
+void *volatile nativeleak_last;
+
+__attribute__((noinline)) static void *leak_buffer(size_t n) {
+    char *p = malloc(n); /* NATIVE_MALLOC */
+    if (p)
+        memset(p, 0x5a, n);
+    nativeleak_last = p;
+    return p;
+}
+
+__attribute__((noinline)) static void churn_buffer(size_t n) {
+    char *p = malloc(n); /* NATIVE_CHURN_MALLOC */
+    if (!p)
+        return;
+    memset(p, 0xa5, n);
+    nativeleak_last = p;
+    free(p);
+}
+
+static PyObject *nativeleak_leak(PyObject *self, PyObject *arg) {
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n < 0 && PyErr_Occurred())
+        return NULL;
+    if (!leak_buffer((size_t)n))
+        return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *nativeleak_churn(PyObject *self, PyObject *arg) {
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n < 0 && PyErr_Occurred())
+        return NULL;
+    churn_buffer((size_t)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *nativeleak_hold(PyObject *self, PyObject *obj) {
+    Py_INCREF(obj); /* never released */
+    Py_RETURN_NONE;
+}
+
+typedef struct {
+    PyObject_HEAD
+    void *state;
+} StateObject;
+
+__attribute__((noinline)) static void *state_alloc(void) {
+    void *s = calloc(1, 256); /* STATE_CALLOC */
+    nativeleak_last = s;
+    return s;
+}
+
+static PyObject *State_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    StateObject *o = (StateObject *)type->tp_alloc(type, 0);
+    if (!o)
+        return NULL;
+    o->state = state_alloc();
+    if (!o->state) {
+        Py_DECREF(o);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)o;
+}
+
+static void State_dealloc(StateObject *o) {
+    /* The leak: o->state is never freed. */
+    Py_TYPE(o)->tp_free((PyObject *)o);
+}
+
+static PyTypeObject StateType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "nativeleak.State",
+    .tp_basicsize = sizeof(StateObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = State_new,
+    .tp_dealloc = (destructor)State_dealloc,
+};
+
+static PyMethodDef methods[] = {
+    {"leak", nativeleak_leak, METH_O, "malloc n bytes and never free them"},
+    {"churn", nativeleak_churn, METH_O, "malloc n bytes and free them"},
+    {"hold", nativeleak_hold, METH_O, "take a reference to obj and never release it"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "nativeleak", NULL, -1, methods,
+};
+
+PyMODINIT_FUNC PyInit_nativeleak(void) {
+    if (PyType_Ready(&StateType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    Py_INCREF(&StateType);
+    if (PyModule_AddObject(m, "State", (PyObject *)&StateType) < 0) {
+        Py_DECREF(&StateType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
