@@ -92,6 +92,8 @@ enum Mode {
     /// Untraced at `LONG`× the size: the baseline of `Trace`.
     UntracedLong,
     Trace,
+    /// The default mode with `--native` (the C library's allocator probed too).
+    TraceNative,
     Exact,
     ExactNoStacks,
     Census,
@@ -101,10 +103,11 @@ enum Mode {
     Tracemalloc,
 }
 
-const MODES: [Mode; 10] = [
+const MODES: [Mode; 11] = [
     Mode::Untraced,
     Mode::UntracedLong,
     Mode::Trace,
+    Mode::TraceNative,
     Mode::Exact,
     Mode::ExactNoStacks,
     Mode::Census,
@@ -120,6 +123,7 @@ impl Mode {
             Mode::Untraced => "untraced",
             Mode::UntracedLong => "untraced-long",
             Mode::Trace => "trace",
+            Mode::TraceNative => "trace-native",
             Mode::Exact => "exact",
             Mode::ExactNoStacks => "exact-no-stacks",
             Mode::Census => "census",
@@ -135,6 +139,7 @@ impl Mode {
             Mode::Untraced => "untraced",
             Mode::UntracedLong => "untraced, 6× work",
             Mode::Trace => "trace (default: --overhead 10), 6× work",
+            Mode::TraceNative => "trace --native (default budget), 6× work",
             Mode::Exact => "trace --exact",
             Mode::ExactNoStacks => "--exact --no-stacks",
             Mode::Census => "census loop",
@@ -148,6 +153,7 @@ impl Mode {
     fn leakscope_flags(self) -> Option<&'static [&'static str]> {
         match self {
             Mode::Trace => Some(&[]),
+            Mode::TraceNative => Some(&["--native"]),
             Mode::Exact => Some(&["--exact"]),
             Mode::ExactNoStacks => Some(&["--exact", "--no-stacks"]),
             _ => None,
@@ -175,7 +181,7 @@ struct Opts {
 }
 
 const USAGE: &str = "usage: cargo xtask bench [--quick] [--rounds N] [--leakscope PATH] \
-[--workloads json,orm,regex,async,micro] [--modes untraced,trace,exact,exact-no-stacks,census,\
+[--workloads json,orm,regex,async,micro] [--modes untraced,trace,trace-native,exact,exact-no-stacks,census,\
 memray,memray-aggregate,memray-pyalloc,tracemalloc] [--interpreters pyenv,debian] [--no-name]";
 
 impl Opts {
@@ -209,7 +215,9 @@ impl Opts {
                         .into_iter()
                         .copied()
                         .collect();
-                    if o.modes.contains(&Mode::Trace) && !o.modes.contains(&Mode::UntracedLong) {
+                    if (o.modes.contains(&Mode::Trace) || o.modes.contains(&Mode::TraceNative))
+                        && !o.modes.contains(&Mode::UntracedLong)
+                    {
                         o.modes.insert(0, Mode::UntracedLong);
                     }
                     if !o.modes.contains(&Mode::Untraced) {
@@ -350,6 +358,7 @@ fn last_line(bytes: &[u8]) -> String {
 struct Leakscope {
     bin: PathBuf,
     has_exact: bool,
+    has_native: bool,
     /// `census --interval` for back-to-back snapshots: "0" where the CLI takes it, else a
     /// millisecond (found out at the first census run).
     census_interval: Cell<&'static str>,
@@ -376,6 +385,7 @@ impl Leakscope {
         Ok(Leakscope {
             bin: bin.into(),
             has_exact: String::from_utf8_lossy(&out.stdout).contains("--exact"),
+            has_native: String::from_utf8_lossy(&out.stdout).contains("--native"),
             census_interval: Cell::new("0"),
         })
     }
@@ -593,7 +603,7 @@ impl Ctx<'_> {
     /// short run as on a long one), against an untraced run of the same size.
     fn n(&self, w: &Workload, mode: Mode) -> u32 {
         let n = if self.opts.quick { w.quick_n } else { w.n };
-        if matches!(mode, Mode::Trace | Mode::UntracedLong) {
+        if matches!(mode, Mode::Trace | Mode::TraceNative | Mode::UntracedLong) {
             n * LONG
         } else {
             n
@@ -865,7 +875,7 @@ impl Row {
         if mode == Mode::Trace && !self.pairs.is_empty() {
             return median(&self.pairs);
         }
-        let base = if mode == Mode::Trace {
+        let base = if matches!(mode, Mode::Trace | Mode::TraceNative) {
             Mode::UntracedLong
         } else {
             Mode::Untraced
@@ -1018,6 +1028,9 @@ fn unavailable(ctx: &Ctx, env: &Env, mode: Mode) -> Option<String> {
     if matches!(mode, Mode::Exact | Mode::ExactNoStacks) && !ctx.leakscope.has_exact {
         return Some("n/a (this leakscope has no --exact)".into());
     }
+    if mode == Mode::TraceNative && !ctx.leakscope.has_native {
+        return Some("n/a (this leakscope has no --native)".into());
+    }
     if let (Some(_), Err(e)) = (mode.memray_flags(), &env.memray) {
         return Some(format!("n/a ({e})"));
     }
@@ -1073,7 +1086,9 @@ fn print_legend(ctx: &Ctx) {
          trace: `leakscope trace --pid P` (its default mode, --overhead 10) on 6× the work, twice a\n\
          round, each run paired with an untraced run of that size just before or after it: the\n\
          median of the pairs' ratios, (lowest–highest) (a sampled trace pays its first window and each detach\n\
-         the same on a short run as on a long one; pairs cancel the machine's slow drift); --exact, --exact --no-stacks: with\n\
+         the same on a short run as on a long one; pairs cancel the machine's slow drift). trace --native: the same\n\
+         default mode with the C library's allocator probed too (every malloc and free of the process traps),\n\
+         6× the work against the untraced 6× runs' median; --exact, --exact --no-stacks: with\n\
          those flags (every birth and death; without stacks: types only). census loop:\n\
          `leakscope census --pid P --interval {}` snapshots back to back on the other core.\n\
          memray: `memray attach -o FILE` (without -o, attach opens its live TUI): every malloc-level\n\
