@@ -6,12 +6,16 @@
  * - churn(n): mallocs n bytes in churn_buffer and frees them again;
  * - State(): an object whose constructor callocs 256 bytes of native state that its
  *   dealloc never frees;
- * - hold(obj): takes a reference to obj and never releases it (a reference-count leak).
+ * - hold(obj): takes a reference to obj and never releases it (a reference-count leak);
+ * - leak_aligned(n): posix_memalign's n bytes, never freed;
+ * - leak_mapping(n): an anonymous mmap of n bytes, never unmapped; churn_mapping(n): one
+ *   mapped and unmapped again.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 /* Where the blocks escape to, so that the compiler keeps every malloc. */
 void *volatile nativeleak_last;
@@ -47,6 +51,52 @@ static PyObject *nativeleak_churn(PyObject *self, PyObject *arg) {
     if (n < 0 && PyErr_Occurred())
         return NULL;
     churn_buffer((size_t)n);
+    Py_RETURN_NONE;
+}
+
+__attribute__((noinline)) static void *aligned_buffer(size_t n) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n) != 0) /* ALIGNED_ALLOC */
+        return NULL;
+    memset(p, 0x11, n);
+    nativeleak_last = p;
+    return p;
+}
+
+__attribute__((noinline)) static void *map_region(size_t n) {
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0); /* MMAP_ALLOC */
+    if (p == MAP_FAILED)
+        return NULL;
+    memset(p, 0x22, 64);
+    nativeleak_last = p;
+    return p;
+}
+
+static PyObject *nativeleak_leak_aligned(PyObject *self, PyObject *arg) {
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n < 0 && PyErr_Occurred())
+        return NULL;
+    if (!aligned_buffer((size_t)n))
+        return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *nativeleak_leak_mapping(PyObject *self, PyObject *arg) {
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n < 0 && PyErr_Occurred())
+        return NULL;
+    if (!map_region((size_t)n))
+        return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *nativeleak_churn_mapping(PyObject *self, PyObject *arg) {
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n < 0 && PyErr_Occurred())
+        return NULL;
+    void *p = map_region((size_t)n);
+    if (p)
+        munmap(p, (size_t)n);
     Py_RETURN_NONE;
 }
 
@@ -96,6 +146,9 @@ static PyMethodDef methods[] = {
     {"leak", nativeleak_leak, METH_O, "malloc n bytes and never free them"},
     {"churn", nativeleak_churn, METH_O, "malloc n bytes and free them"},
     {"hold", nativeleak_hold, METH_O, "take a reference to obj and never release it"},
+    {"leak_aligned", nativeleak_leak_aligned, METH_O, "posix_memalign n bytes, never freed"},
+    {"leak_mapping", nativeleak_leak_mapping, METH_O, "mmap n bytes, never unmapped"},
+    {"churn_mapping", nativeleak_churn_mapping, METH_O, "mmap n bytes and unmap them"},
     {NULL, NULL, 0, NULL},
 };
 

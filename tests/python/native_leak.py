@@ -1,11 +1,30 @@
 """Native memory from a C extension (tests/ext/nativeleak.c): RATE blocks of SIZE bytes a
-second leaked from a known line, as many churned (allocated and freed) from another, and
-RATE/10 State objects a second, each leaking 256 bytes of calloc'd state."""
+second leaked from a known line, as many churned (allocated and freed) from another,
+RATE/10 State objects a second, each leaking 256 bytes of calloc'd state, RATE/10
+posix_memalign'd blocks of SIZE bytes and RATE/10 anonymous mappings of 16 KiB leaked, and
+as many mappings made and unmapped.
+
+`--busy` (third argument): between the paced calls, churn Python objects as fast as it can
+(hundreds of thousands a second, the line marked BUSY_CHURN) instead of sleeping: a target
+too busy to be traced exactly under the default budget.
+"""
 import sys, time
 import nativeleak
 
 RATE = float(sys.argv[1]) if len(sys.argv) > 1 else 200.0
 SIZE = int(sys.argv[2]) if len(sys.argv) > 2 else 4096
+BUSY = len(sys.argv) > 3 and sys.argv[3] == "--busy"
+
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+
+def busy(until):
+    while time.monotonic() < until:
+        pts = [Point(i) for i in range(500)]  # BUSY_CHURN
+        pts = None
 
 
 def serve():
@@ -18,8 +37,14 @@ def serve():
             nativeleak.churn(SIZE)  # NATIVE_CHURN
             if made % 10 == 0:
                 nativeleak.State()  # STATE_LEAK
+                nativeleak.leak_aligned(SIZE)  # ALIGNED_LEAK
+                nativeleak.leak_mapping(16384)  # MAPPING_LEAK
+                nativeleak.churn_mapping(16384)  # MAPPING_CHURN
             made += 1
-        time.sleep(0.005)
+        if BUSY:
+            busy(time.monotonic() + 0.005)
+        else:
+            time.sleep(0.005)
 
 
 print("ready", flush=True)

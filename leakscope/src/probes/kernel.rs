@@ -481,7 +481,13 @@ impl Tracer {
         }
         self.settle();
         let mut order: Vec<usize> = (0..self.specs.len()).collect();
-        order.sort_by_key(|&i| is_birth(self.specs[i].program));
+        // A native return attaches after its entry, and detaches before it: a return
+        // never runs without its entry's arguments (`native_unpaired` counts the calls in
+        // flight at attach).
+        order.sort_by_key(|&i| {
+            let p = self.specs[i].program;
+            (is_birth(p), p == names::NATIVE_RET)
+        });
         for i in order {
             let spec = self.specs[i].clone();
             let cookie = i as u64 | (u64::from(spec.kind) << leakscope_common::COOKIE_KIND_SHIFT);
@@ -503,7 +509,7 @@ impl Tracer {
     /// link's stay until its close ends (`Link`).
     pub fn detach_probes(&mut self) {
         let mut links: Vec<_> = self.links.drain(..).collect();
-        links.sort_by_key(|&(program, _)| !is_birth(program));
+        links.sort_by_key(|&(program, _)| (!is_birth(program), program != names::NATIVE_RET));
         for (program, link) in links {
             self.detach_one(program, link);
         }
