@@ -43,6 +43,45 @@ pub fn index_width_39(size: u64) -> u64 {
     }
 }
 
+/// `sizeof(PyDictKeysObject)` without its indices: 40 in 3.9/3.10, 32 in 3.11–3.13.
+pub const KEYS_HEADER_39: u64 = DK_INDICES_39;
+pub const KEYS_HEADER_311: u64 = DK_INDICES_311;
+/// `PyDict_MINSIZE`: the smallest real table (the shared empty table is smaller).
+pub const MIN_SIZE: u64 = 8;
+
+/// Bytes of a key table as CPython allocates it and `dict.__sizeof__` counts it
+/// (`_PyDict_KeysSize`, 3.11.7 `Objects/dictobject.c`; `new_keys_object` 3.9.18): header,
+/// indices, and `USABLE_FRACTION(size) = 2 * size / 3` entries. The shared empty table
+/// (smaller than `PyDict_MINSIZE`) is static: 0.
+pub fn keys_bytes(mem: &dyn crate::target::Memory, keys: u64, minor: u32) -> Option<u64> {
+    if minor >= 11 {
+        let mut h = [0u8; 3];
+        mem.read(keys + DK_LOG2_SIZE, &mut h).ok()?;
+        let (log2_size, log2_index_bytes, kind) = (h[0] as u64, h[1] as u64, h[2]);
+        if log2_size > 40 || log2_index_bytes > 43 {
+            return None;
+        }
+        if 1u64 << log2_size < MIN_SIZE {
+            return Some(0);
+        }
+        let entry = if kind == DK_KIND_GENERAL {
+            GENERAL_ENTRY
+        } else {
+            UNICODE_ENTRY
+        };
+        Some(KEYS_HEADER_311 + (1 << log2_index_bytes) + entry * ((2 << log2_size) / 3))
+    } else {
+        let size = mem.u64(keys + DK_SIZE_39).ok()?;
+        if size > 1 << 40 || !size.is_power_of_two() {
+            return None;
+        }
+        if size < MIN_SIZE {
+            return Some(0);
+        }
+        Some(KEYS_HEADER_39 + size * index_width_39(size) + GENERAL_ENTRY * (2 * size / 3))
+    }
+}
+
 /// `sizeof(PyDictKeyEntry)` `{me_hash, me_key, me_value}` and where its key is.
 pub const GENERAL_ENTRY: u64 = 24;
 pub const GENERAL_ENTRY_KEY: u64 = 8;
@@ -112,4 +151,29 @@ pub fn items(
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_tables_are_sized_as_dict_sizeof_counts_them() {
+        let m = crate::target::FakeMemory::new();
+        // 3.11: 128 slots, 1-byte indices, general entries: 32 + 128 + 24 * 85.
+        m.put_words(0x1000, &[1, 0x00_07_07, 0, 0]);
+        assert_eq!(keys_bytes(&*m, 0x1000, 11), Some(32 + 128 + 24 * 85));
+        // unicode keys: 16-byte entries.
+        m.put_words(0x2000, &[1, 0x01_03_03, 0, 0]);
+        assert_eq!(keys_bytes(&*m, 0x2000, 12), Some(32 + 8 + 16 * 5));
+        // the shared empty table: 0.
+        m.put_words(0x3000, &[1, 0x01_00_00, 0, 0]);
+        assert_eq!(keys_bytes(&*m, 0x3000, 11), Some(0));
+        // 3.9: 256 slots need 2-byte indices: 40 + 512 + 24 * 170.
+        m.put_words(0x4000, &[1, 256, 0, 0, 0]);
+        assert_eq!(keys_bytes(&*m, 0x4000, 9), Some(40 + 512 + 24 * 170));
+        // not a size
+        m.put_words(0x5000, &[1, 300, 0, 0, 0]);
+        assert_eq!(keys_bytes(&*m, 0x5000, 10), None);
+    }
 }

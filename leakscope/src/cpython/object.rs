@@ -43,31 +43,48 @@ pub const LIST_ALLOCATED: u64 = 32;
 /// command with `PyByteArrayObject`).
 pub const BYTEARRAY_ALLOC: u64 = 24;
 
-/// Bytes a live object owns outside itself, from the word at its `owner` offset: a
-/// bytearray's buffer (`ob_alloc` bytes), a list's item array (`allocated` pointers).
-/// `None` for a word that cannot be a size (a torn or reused object).
-pub fn owned_bytes(kind: Owner, word: u64) -> Option<u64> {
-    const MAX: u64 = 1 << 40;
-    let n = (word < MAX).then_some(word)?;
-    Some(match kind {
-        Owner::ByteArray => n,
-        Owner::List => n * 8,
-    })
-}
-
-/// Builtin types whose objects own a buffer beside them.
+/// Builtin types whose objects own memory beside them, allocated by the interpreter (and
+/// so not native blocks): a bytearray's buffer, a list's item array, a dict's key table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Owner {
     ByteArray,
     List,
+    Dict,
 }
 
 impl Owner {
-    /// The interpreter's type object and the offset of the size word.
-    pub const ALL: [(Owner, &'static str, u64); 2] = [
-        (Owner::ByteArray, "PyByteArray_Type", BYTEARRAY_ALLOC),
-        (Owner::List, "PyList_Type", LIST_ALLOCATED),
+    /// Each kind and the interpreter's type object of it.
+    pub const ALL: [(Owner, &'static str); 3] = [
+        (Owner::ByteArray, "PyByteArray_Type"),
+        (Owner::List, "PyList_Type"),
+        (Owner::Dict, "PyDict_Type"),
     ];
+
+    /// Bytes the object at `addr` owns beside itself now, as CPython's own `__sizeof__`
+    /// counts them: `ob_alloc` bytes; `allocated` item pointers; a combined dict's key
+    /// table (a split dict's table belongs to its class: 0). `None` when what was read
+    /// cannot be a size (a torn or reused object).
+    pub fn owned_bytes(
+        self,
+        mem: &dyn crate::target::Memory,
+        addr: u64,
+        minor: u32,
+    ) -> Option<u64> {
+        const MAX: u64 = 1 << 40;
+        let size = |w: u64| (w < MAX).then_some(w);
+        match self {
+            Owner::ByteArray => size(mem.u64(addr + BYTEARRAY_ALLOC).ok()?),
+            Owner::List => Some(size(mem.u64(addr + LIST_ALLOCATED).ok()?)? * 8),
+            Owner::Dict => {
+                use super::dict;
+                if mem.u64(addr + dict::MA_VALUES).ok()? != 0 {
+                    return Some(0);
+                }
+                let keys = mem.u64(addr + dict::MA_KEYS).ok()?;
+                dict::keys_bytes(mem, keys, minor)
+            }
+        }
+    }
 }
 
 /// `sizeof(PyGC_Head)`: `{_gc_next, _gc_prev}` in front of every GC object (3.9–3.13; DWARF).

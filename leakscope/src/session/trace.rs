@@ -48,8 +48,10 @@ pub struct Pipeline {
     native_sites: HashMap<(Vec<u64>, u32), u32>,
     /// Native allocations whose record was missing (never silently dropped).
     pub native_unmatched: u64,
-    /// Builtin types whose objects own a buffer (type pointer, how to read its size).
-    pub owners: Vec<(u64, cpython::Owner, u64)>,
+    /// Builtin types whose objects own memory beside them (type pointer, kind), and the
+    /// interpreter's minor version (the dict layouts differ).
+    pub owners: Vec<(u64, cpython::Owner)>,
+    pub minor: u32,
 }
 
 impl Pipeline {
@@ -63,19 +65,20 @@ impl Pipeline {
             native_sites: HashMap::new(),
             native_unmatched: 0,
             owners: vec![],
+            minor: 0,
         }
     }
 
-    /// Re-reads what live bytearrays and lists own beside themselves (their buffers) and
-    /// counts it in their bytes, so `bytearray` rows show their real size. At most
-    /// `MAX_OWNED_READS` objects per call (one 8-byte read each).
+    /// Re-reads what live bytearrays, lists and dicts own beside themselves (buffers, item
+    /// arrays, key tables) and counts it in their bytes, so `bytearray` rows show their
+    /// real size. At most `MAX_OWNED_READS` objects per call (one to three reads each).
     pub fn refresh_owned(&mut self, mem: &dyn crate::target::Memory) {
         if self.owners.is_empty() {
             return;
         }
         let types: Vec<u64> = self.owners.iter().map(|o| o.0).collect();
         for addr in self.agg.live_of(&types).into_iter().take(MAX_OWNED_READS) {
-            let Some((_, kind, off)) = self
+            let Some((_, kind)) = self
                 .agg
                 .site_of(addr)
                 .and_then(|(t, _)| self.owners.iter().find(|o| o.0 == t))
@@ -83,11 +86,7 @@ impl Pipeline {
             else {
                 continue;
             };
-            if let Some(n) = mem
-                .u64(addr + off)
-                .ok()
-                .and_then(|w| cpython::owned_bytes(kind, w))
-            {
+            if let Some(n) = kind.owned_bytes(mem, addr, self.minor) {
                 self.agg.set_owned(addr, n);
             }
         }
@@ -337,8 +336,9 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
     let mut pipeline = Pipeline::new(resolver(process.memory()), symbolizer);
     pipeline.owners = cpython::Owner::ALL
         .iter()
-        .filter_map(|&(kind, name, off)| Some((interp.runtime_addr(name)?, kind, off)))
+        .filter_map(|&(kind, name)| Some((interp.runtime_addr(name)?, kind)))
         .collect();
+    pipeline.minor = interp.version.minor;
     if native.is_some() {
         pipeline.native = Some(Box::new(NativeStacks::new(
             process.pid,

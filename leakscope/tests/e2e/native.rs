@@ -262,15 +262,16 @@ fn pyenv_311_refcount_leak_is_bytes_at_the_line_that_made_them() {
 
 /// bytearray_leak.py: 64 KiB bytearrays leaked at a known line are `bytearray` at that
 /// line with their real size (the buffer the interpreter mallocs for them counts in the
-/// owner's bytes, not as native memory), with `--native` on. pyenv only: Debian's static
-/// build does not show births of builtins yet (#11).
+/// owner's bytes, not as native memory), with `--native` on; leaked dicts and lists count
+/// their key tables and item arrays, byte for byte as `sys.getsizeof` does. pyenv only:
+/// Debian's static build does not show births of builtins yet (#11).
 #[test]
 #[ignore = "privileged: real BPF against a real interpreter (cargo xtask test)"]
 fn pyenv_311_bytearray_reports_its_buffer() {
     require_root();
     let rate = 50.0;
-    let target =
-        crate::support::python(&pyenv("3.11.7"), "bytearray_leak.py", &[&rate.to_string()]);
+    let python = pyenv("3.11.7");
+    let target = crate::support::python(&python, "bytearray_leak.py", &[&rate.to_string()]);
     let run = trace(target.pid, 12, &["--native"]);
     let last = run.last();
     let growing = growing_sites(&last);
@@ -296,6 +297,32 @@ fn pyenv_311_bytearray_reports_its_buffer() {
         bytes.abs_diff(truth) <= truth / 10,
         "{bytes} bytes for {live} bytearrays of 64 KiB: {site:#}"
     );
+    // Dicts and lists: as sys.getsizeof counts them (it adds the GC header, as we do).
+    for (ty, marker, expr) in [
+        ("dict", "DICT_LEAK", "{i: i for i in range(100)}"),
+        ("list", "LIST_LEAK", "[None] * 1000"),
+    ] {
+        let out = Command::new(&python)
+            .args(["-c", &format!("import sys; print(sys.getsizeof({expr}))")])
+            .output()
+            .unwrap();
+        let each: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let line = marker_line("bytearray_leak.py", marker);
+        let s = growing
+            .iter()
+            .find(|s| s["type"] == ty && frame(s, 0).2 == line)
+            .unwrap_or_else(|| panic!("no growing {ty} site at line {line}: {growing:#?}"));
+        // The target runs on while its objects are read: the newest may not be filled in
+        // yet (born, its table not yet allocated). All but two are exact.
+        let (bytes, live) = (
+            s["live_bytes"].as_u64().unwrap(),
+            s["live"].as_u64().unwrap(),
+        );
+        assert!(
+            bytes <= each * live && bytes + 2 * each >= each * live,
+            "{ty}: {each} bytes each: {s:#}"
+        );
+    }
     // Their buffers are the interpreter's allocations: not native sites.
     assert!(
         growing.iter().all(|s| s["type"] != "native heap"),
