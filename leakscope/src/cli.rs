@@ -145,8 +145,8 @@ struct TraceArgs {
     /// mmap` rows at mixed stacks (the C functions, then the Python line that called in);
     /// the interpreter's own allocations (pymalloc's arenas, large objects) are not.
     /// Off by default: the allocator probes trap on every malloc and free of the process,
-    /// and their cost counts in --overhead.
-    #[arg(long)]
+    /// and their cost counts in --overhead. Needs the stack walks (not with --no-stacks).
+    #[arg(long, conflicts_with = "no_stacks")]
     native: bool,
     /// On builds whose probes cannot see builtins (static/LTO interpreters), do not add
     /// census rows for them (a census otherwise walks the GC lists, on its own thread, once

@@ -460,3 +460,28 @@ pub fn native(process: &Process, interp: &Interpreter) -> Result<NativePlan> {
         skip,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_c_library_is_glibc_or_musl_by_its_file_name() {
+        for p in [
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib/libc-2.31.so",
+            "/lib/ld-musl-x86_64.so.1",
+        ] {
+            assert!(is_libc(p), "{p}");
+        }
+        for p in [
+            "/usr/lib/libcurl.so.4",
+            "/usr/lib/x86_64-linux-gnu/libcrypt.so.1",
+            "/usr/lib/libc++.so.1",
+            "/lib64/ld-linux-x86-64.so.2",
+        ] {
+            assert!(!is_libc(p), "{p}");
+        }
+        assert!(is_loader("/lib64/ld-linux-x86-64.so.2"));
+    }
+}

@@ -339,6 +339,11 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
         .filter_map(|&(kind, name)| Some((interp.runtime_addr(name)?, kind)))
         .collect();
     pipeline.minor = interp.version.minor;
+    if native.is_some() && pipeline.symbolizer.is_none() {
+        eprintln!(
+            "leakscope: --native without Python stacks: native blocks are counted, without their C or Python frames"
+        );
+    }
     if native.is_some() {
         pipeline.native = Some(Box::new(NativeStacks::new(
             process.pid,

@@ -118,6 +118,46 @@ fn bad_arguments_exit_non_zero() {
     );
 }
 
+#[test]
+fn native_without_stacks_is_refused() {
+    let run = leakscope(&["trace", "--pid", "1", "--native", "--no-stacks"], QUICK);
+    assert_eq!(run.code, Some(2));
+    assert!(
+        run.stderr.contains("--native") && run.stderr.contains("--no-stacks"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// `--native` names the C library it probed in every report (as the target names it).
+#[test]
+#[ignore = "privileged: needs root; `cargo xtask test` runs it"]
+fn native_names_the_c_library_it_probes() {
+    require_root();
+    let target = python(&pyenv("3.11.7"), "quiet.py", &[]);
+    let run = leakscope(
+        &[
+            "trace",
+            "--pid",
+            &target.pid.to_string(),
+            "--native",
+            "--duration",
+            "1",
+            "--json",
+        ],
+        QUICK,
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let library = run.last()["native"]["library"].as_str().map(String::from);
+    assert!(
+        library
+            .as_deref()
+            .is_some_and(|l| l.ends_with("/libc.so.6")),
+        "{library:?}: {}",
+        run.stdout
+    );
+}
+
 /// Traces `script` until `signal` arrives (after 3 s); the last line must be the final report
 /// with `reason`, and the exit status 0.
 fn signal_gives_the_final_report(script: &str, args: &[&str], signal: i32, reason: &str) {
