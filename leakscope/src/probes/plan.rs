@@ -85,7 +85,7 @@ pub fn plan(process: &Process, interp: &Interpreter) -> Result<Plan> {
         for name in hooks::NEW_REFERENCE {
             if let Some((vaddr, size)) = bin.symbol(name) {
                 probes.push(entry_probe(
-                    interp,
+                    bin,
                     name,
                     vaddr,
                     size,
@@ -132,7 +132,7 @@ pub fn plan(process: &Process, interp: &Interpreter) -> Result<Plan> {
         // `.isra` clones may have their arguments rewritten: only the real entry is read.
         if let Some((vaddr, size)) = bin.symbol(name) {
             probes.push(entry_probe(
-                interp,
+                bin,
                 name,
                 vaddr,
                 size,
@@ -153,15 +153,16 @@ pub fn plan(process: &Process, interp: &Interpreter) -> Result<Plan> {
     })
 }
 
+/// An entry probe on `name` in `bin` (the interpreter, or the C library), moved to the
+/// first emulated instruction that keeps `arg` (`disasm::entry_probe`).
 fn entry_probe(
-    interp: &Interpreter,
+    bin: &crate::target::elf::Binary,
     name: &str,
     vaddr: u64,
     size: u64,
     arg: Register,
     program: &'static str,
 ) -> Result<ProbeSpec> {
-    let bin = &interp.binary;
     let code = bin
         .bytes_at(vaddr, size.max(1))
         .with_context(|| format!("no code for {name}"))?;
@@ -417,25 +418,16 @@ pub fn native(process: &Process, interp: &Interpreter) -> Result<NativePlan> {
         );
     }
     for name in NATIVE_RELEASERS {
-        let Some((vaddr, size)) = bin.symbol(name) else {
-            continue;
-        };
-        let code = bin
-            .bytes_at(vaddr, size.max(1))
-            .with_context(|| format!("no code for {name} in {}", m.path))?;
-        let point = disasm::entry_probe(code, vaddr, Register::RDI);
-        probes.push(ProbeSpec {
-            label: format!("{name}+{}", point.offset),
-            program: "native_free",
-            path: path.clone(),
-            file_offset: bin
-                .vaddr_to_offset(vaddr)
-                .context("symbol outside any segment")?
-                + point.offset,
-            point,
-            entry: disasm::first_instruction(code, vaddr),
-            kind: 0,
-        });
+        if let Some((vaddr, size)) = bin.symbol(name) {
+            probes.push(entry_probe(
+                &bin,
+                name,
+                vaddr,
+                size,
+                Register::RDI,
+                "native_free",
+            )?);
+        }
     }
     // Whole mapped extents: return addresses only ever fall in their code.
     let extent = |keep: &dyn Fn(&str) -> bool| {
