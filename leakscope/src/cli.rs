@@ -34,6 +34,7 @@ Examples:
   sudo leakscope trace --pid 1234 --duration 120 --flamegraph leaks.svg
   sudo leakscope trace --pid 1234 --overhead 2        a smaller budget: sample less
   sudo leakscope trace --pid 1234 --exact             every birth and death, whatever it costs
+  sudo leakscope trace --pid 1234 --native            C-extension memory too (malloc, mmap)
 
 Overhead: every probe hit traps into the kernel (about 1 µs, more with a stack walk), so an
 allocation-heavy program would run many times slower traced all the time. leakscope

@@ -9,13 +9,17 @@
  * - hold(obj): takes a reference to obj and never releases it (a reference-count leak);
  * - leak_aligned(n): posix_memalign's n bytes, never freed;
  * - leak_mapping(n): an anonymous mmap of n bytes, never unmapped; churn_mapping(n): one
- *   mapped and unmapped again.
+ *   mapped and unmapped again;
+ * - start_thread_leak(n): starts a C thread (no Python thread state, no GIL) that mallocs
+ *   n bytes every 10 ms and never frees them.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <pthread.h>
+#include <time.h>
 
 /* Where the blocks escape to, so that the compiler keeps every malloc. */
 void *volatile nativeleak_last;
@@ -100,6 +104,35 @@ static PyObject *nativeleak_churn_mapping(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+__attribute__((noinline)) static void *leak_in_thread(size_t n) {
+    char *p = malloc(n); /* THREAD_MALLOC */
+    if (p)
+        memset(p, 0x33, n);
+    nativeleak_last = p;
+    return p;
+}
+
+static void *thread_main(void *arg) {
+    size_t n = (size_t)arg;
+    struct timespec tick = {0, 10 * 1000 * 1000};
+    for (;;) {
+        leak_in_thread(n);
+        nanosleep(&tick, NULL);
+    }
+    return NULL;
+}
+
+static PyObject *nativeleak_start_thread_leak(PyObject *self, PyObject *arg) {
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n < 0 && PyErr_Occurred())
+        return NULL;
+    pthread_t t;
+    if (pthread_create(&t, NULL, thread_main, (void *)(size_t)n) != 0)
+        return PyErr_NoMemory();
+    pthread_detach(t);
+    Py_RETURN_NONE;
+}
+
 static PyObject *nativeleak_hold(PyObject *self, PyObject *obj) {
     Py_INCREF(obj); /* never released */
     Py_RETURN_NONE;
@@ -149,6 +182,8 @@ static PyMethodDef methods[] = {
     {"leak_aligned", nativeleak_leak_aligned, METH_O, "posix_memalign n bytes, never freed"},
     {"leak_mapping", nativeleak_leak_mapping, METH_O, "mmap n bytes, never unmapped"},
     {"churn_mapping", nativeleak_churn_mapping, METH_O, "mmap n bytes and unmap them"},
+    {"start_thread_leak", nativeleak_start_thread_leak, METH_O,
+     "a C thread that mallocs n bytes every 10 ms, never freed"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -4,6 +4,9 @@ RATE/10 State objects a second, each leaking 256 bytes of calloc'd state, RATE/1
 posix_memalign'd blocks of SIZE bytes and RATE/10 anonymous mappings of 16 KiB leaked, and
 as many mappings made and unmapped.
 
+`--thread` (third argument): also start a C thread (no GIL, no Python frames) that leaks
+1 KiB every 10 ms.
+
 `--busy` (third argument): between the paced calls, churn Python objects as fast as it can
 (hundreds of thousands a second, the line marked BUSY_CHURN) instead of sleeping: a target
 too busy to be traced exactly under the default budget.
@@ -14,6 +17,8 @@ import nativeleak
 RATE = float(sys.argv[1]) if len(sys.argv) > 1 else 200.0
 SIZE = int(sys.argv[2]) if len(sys.argv) > 2 else 4096
 BUSY = len(sys.argv) > 3 and sys.argv[3] == "--busy"
+if len(sys.argv) > 3 and sys.argv[3] == "--thread":
+    nativeleak.start_thread_leak(1024)
 
 
 class Point:

@@ -411,3 +411,49 @@ fn debian_311_native_leak_is_found_when_sampled() {
     require_root();
     native_leak_sampled(&debian_python());
 }
+
+/// native_leak.py --thread: a C thread with no Python thread state leaks 1 KiB every 10 ms.
+/// Its site is native frames only (the thread's own C functions), it is growing, and a
+/// native allocation without a thread state is not counted as a lost stack.
+#[test]
+#[ignore = "privileged: real BPF against a real interpreter (cargo xtask test)"]
+fn pyenv_311_a_c_thread_s_leak_has_native_frames_only() {
+    require_root();
+    let python = pyenv("3.11.7");
+    let ext = build_ext(&python, "nativeleak", &["-fomit-frame-pointer", "-g"]);
+    let mut cmd = Command::new(&python);
+    cmd.arg("-u")
+        .arg(script("native_leak.py"))
+        .args(["50", &SIZE.to_string(), "--thread"])
+        .env("PYTHONPATH", &ext);
+    let target = start(cmd);
+    let run = trace(target.pid, 12, &["--native"]);
+    let last = run.last();
+    let sites = native_sites(&last);
+    let site = sites
+        .iter()
+        .find(|s| frame(s, 0).0 == "leak_in_thread")
+        .unwrap_or_else(|| panic!("no leak_in_thread site in {sites:#?}"));
+    assert_eq!(site["growing"], true, "{site:#}");
+    let frames = site["frames"].as_array().unwrap();
+    assert!(has_function(site, "thread_main"), "{site:#}");
+    assert!(
+        frames.iter().all(|f| f.get("library").is_some()),
+        "a thread without the GIL has no Python frames: {site:#}"
+    );
+    assert_eq!(
+        frame(site, 0).2,
+        marker_in(
+            &repo().join("tests/ext/nativeleak.c"),
+            "/* THREAD_MALLOC */"
+        ),
+        "{site:#}"
+    );
+    assert_rate(
+        site["rate_per_s"].as_f64().unwrap(),
+        100.0,
+        20.0,
+        "thread leak",
+    );
+    assert_eq!(last["lost"]["no_thread_state"], 0, "{}", last["lost"]);
+}
