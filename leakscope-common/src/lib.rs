@@ -28,8 +28,9 @@ pub const EVENT_NATIVE_FREE: u32 = 4;
 pub const NATIVE_HEAP: u64 = 1;
 pub const NATIVE_MMAP: u64 = 2;
 
-/// What a native entry probe's function takes (the attach cookie's bits 8..16; bits 0..8
-/// are the probe's index).
+/// What a native entry probe's function takes (the attach cookie's bits 16..24; bits 0..16
+/// are the probe's index). For `birth_reg` those bits are the register that holds the new
+/// object, as its word index in the kernel's `struct pt_regs` (`REG_*`).
 pub const NATIVE_MALLOC: u32 = 1; // (size)
 pub const NATIVE_CALLOC: u32 = 2; // (n, size)
 pub const NATIVE_REALLOC: u32 = 3; // (ptr, size)
@@ -37,8 +38,24 @@ pub const NATIVE_MEMALIGN: u32 = 4; // (align, size): memalign, aligned_alloc
 pub const NATIVE_POSIX_MEMALIGN: u32 = 5; // (&ptr, align, size) -> 0
 pub const NATIVE_MMAP_CALL: u32 = 6; // (addr, len, prot, flags, fd, off): anonymous only
 pub const NATIVE_VALLOC: u32 = 7; // (size): valloc, pvalloc
-pub const COOKIE_KIND_SHIFT: u32 = 8;
-pub const COOKIE_PROBE_MASK: u64 = 0xff;
+pub const COOKIE_KIND_SHIFT: u32 = 16;
+/// `struct pt_regs` word indices (arch/x86/include/asm/ptrace.h, x86_64).
+pub const REG_R15: u32 = 0;
+pub const REG_R14: u32 = 1;
+pub const REG_R13: u32 = 2;
+pub const REG_R12: u32 = 3;
+pub const REG_RBP: u32 = 4;
+pub const REG_RBX: u32 = 5;
+pub const REG_R11: u32 = 6;
+pub const REG_R10: u32 = 7;
+pub const REG_R9: u32 = 8;
+pub const REG_R8: u32 = 9;
+pub const REG_RAX: u32 = 10;
+pub const REG_RCX: u32 = 11;
+pub const REG_RDX: u32 = 12;
+pub const REG_RSI: u32 = 13;
+pub const REG_RDI: u32 = 14;
+pub const COOKIE_PROBE_MASK: u64 = 0xffff;
 
 /// Bytes of the user stack a native allocation copies from its caller's stack pointer, for
 /// user space to unwind (its callers' frames, to where the interpreter called in).
@@ -84,7 +101,7 @@ pub struct Event {
 }
 
 /// Most probes one trace attaches; `HITS` has one slot per probe.
-pub const MAX_PROBES: u32 = 64;
+pub const MAX_PROBES: u32 = 1024;
 
 /// Slots of the per-CPU `DROPS` array: what the kernel side lost, never silently.
 pub const DROP_RINGBUF_FULL: u32 = 0;
@@ -223,7 +240,9 @@ pub mod names {
     pub const NATIVE_ENTER: &str = "native_enter";
     pub const NATIVE_RET: &str = "native_ret";
     pub const NATIVE_FREE: &str = "native_free";
-    pub const PROGRAMS: [&str; 7] = [
+    /// Birth at a jump inside an inlined `_Py_NewReference`: the object is in a register.
+    pub const BIRTH_REG: &str = "birth_reg";
+    pub const PROGRAMS: [&str; 8] = [
         BIRTH_ARG0,
         BIRTH_RET,
         FREE_ARG0,
@@ -231,6 +250,7 @@ pub mod names {
         NATIVE_ENTER,
         NATIVE_RET,
         NATIVE_FREE,
+        BIRTH_REG,
     ];
 
     /// `u8` global: non-zero makes the programs log their first failures (`-v`). Read-only
@@ -247,6 +267,8 @@ const _: () = assert!(size_of::<RawStack>() == 8 + 16 * MAX_FRAMES && align_of::
 const _: () = assert!(size_of::<StackConfig>() == 16 + 11 * 8 && align_of::<StackConfig>() == 8);
 const _: () = assert!(size_of::<NativeEvent>() == 40 + 32 + NATIVE_STACK_BYTES);
 const _: () = assert!(size_of::<NativeConfig>() == 16 * NATIVE_SKIP_RANGES);
+// The attach cookie keeps a probe's index in its low 16 bits.
+const _: () = assert!(MAX_PROBES as u64 <= COOKIE_PROBE_MASK + 1);
 // Drop kinds index a per-probe bit mask in `LOGGED`.
 const _: () = assert!(DROP_KINDS <= 32);
 

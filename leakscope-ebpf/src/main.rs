@@ -111,8 +111,9 @@ fn probe_id<C: EbpfContext>(ctx: &C) -> u32 {
     probe_and_kind(ctx).0
 }
 
-/// The attach cookie: the probe's index in user space's probe plan (bits 0..8) and, for a
-/// native entry probe, what its function takes (`NATIVE_*`, bits 8..16).
+/// The attach cookie: the probe's index in user space's probe plan (bits 0..16) and, for a
+/// native entry probe, what its function takes (`NATIVE_*`, bits 16..24; `birth_reg`: the
+/// register holding the object).
 #[inline(always)]
 fn probe_and_kind<C: EbpfContext>(ctx: &C) -> (u32, u32) {
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr() as *mut _) };
@@ -369,6 +370,28 @@ fn add(map: &PerCpuArray<u64>, index: u32, n: u64) {
 pub fn birth_arg0(ctx: ProbeContext) -> u32 {
     let probe = probe_id(&ctx);
     birth(&ctx, probe, ctx.arg::<u64>(0).unwrap_or(0));
+    0
+}
+
+/// A register of the probed thread by its word index in `struct pt_regs` (`REG_*`). The
+/// context is read at constant offsets only (the verifier refuses a computed one), so the
+/// registers are copied to the stack first and indexed there.
+#[inline(always)]
+fn reg(r: &aya_ebpf::bindings::pt_regs, index: u32) -> u64 {
+    let words: [u64; 16] = [
+        r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx,
+        r.rsi, r.rdi, 0,
+    ];
+    words[(index & 15) as usize]
+}
+
+/// Birth at a conditional jump inside an inlined `_Py_NewReference` (optimized builds,
+/// `probes::newref`): the new object is in the register the attach cookie names.
+#[uprobe]
+pub fn birth_reg(ctx: ProbeContext) -> u32 {
+    let (probe, index) = probe_and_kind(&ctx);
+    let regs = unsafe { &*(ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs) };
+    birth(&ctx, probe, reg(regs, index));
     0
 }
 

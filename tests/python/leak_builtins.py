@@ -10,9 +10,9 @@ while True:
     due = int((time.monotonic() - start) * RATE)
     while len(dicts) < due:
         n = len(dicts)
-        dicts.append({"n": None})
-        floats.append(n * 0.5 + 0.1)
-        lists.append([n])
+        dicts.append({"n": None})  # LEAK-DICT
+        floats.append(n * 0.5 + 0.1)  # LEAK-FLOAT
+        lists.append([n])  # LEAK-LIST
     junk = [(i, str(i) * 2, i / 3) for i in range(100)]
     del junk
     time.sleep(0.005)

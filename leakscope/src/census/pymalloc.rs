@@ -502,30 +502,11 @@ struct TypeCheck<'a> {
     resolver: &'a mut Resolver,
 }
 
-/// Where a `PyObject` can start in its block: no pre-header, a `PyGC_Head`, or the managed
-/// pre-header and a `PyGC_Head` (3.11+); `cpython::PREHEADER_SIZES`.
-const STARTS: [u64; 3] = [0, cpython::PREHEADER_SIZES[0], cpython::PREHEADER_SIZES[1]];
-
 impl TypeCheck<'_> {
     /// The type of the object this block holds, if one validates.
     fn object_in(&mut self, block: &[u8]) -> Option<u64> {
-        for start in STARTS {
-            let s = start as usize;
-            if s + 16 > block.len() {
-                break;
-            }
-            let refcnt = word(block, s);
-            if !(1..=u32::MAX as u64).contains(&refcnt) {
-                continue;
-            }
-            let t = word(block, s + cpython::OB_TYPE as usize);
-            if let Some(flags) = self.type_flags(t)
-                && cpython::preheader_size(self.version, flags) == start
-            {
-                return Some(t);
-            }
-        }
-        None
+        let version = self.version;
+        cpython::object_in_block(block, version, &mut |t| self.type_flags(t)).map(|(_, t)| t)
     }
 
     /// `tp_flags` of `t` if it is a type object: its own type is `type` or a metatype, and

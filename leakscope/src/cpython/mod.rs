@@ -63,6 +63,11 @@ pub mod hooks {
     /// Thin wrappers that jump through the object allocator table (`_PyObject` ≤3.11,
     /// `_PyRuntime.allocators.standard.obj` 3.12+): decoding them finds the table slot.
     pub const FREE_WRAPPER: &str = "PyObject_Free";
+    /// Every inlined `_Py_NewReference` tests `_Py_tracemalloc_config.tracing` (an `int`
+    /// at +4; 3.9–3.11) before it registers the object: where optimized builds' births are
+    /// probed (`probes::newref`).
+    pub const TRACEMALLOC_CONFIG: &str = "_Py_tracemalloc_config";
+    pub const TRACEMALLOC_TRACING: u64 = 4;
     pub const REALLOC_WRAPPER: &str = "PyObject_Realloc";
     /// Allocators that return a new object: `tp_alloc` and the `PyObject_New` family that
     /// C extensions call through their PLT.

@@ -122,6 +122,40 @@ pub fn preheader_size(v: Version, flags: u64) -> u64 {
     gc + if managed { MANAGED_PREHEADER_SIZE } else { 0 }
 }
 
+/// Where a `PyObject` can start in a pymalloc block: no pre-header, a `PyGC_Head`, or the
+/// managed pre-header and a `PyGC_Head` (3.11+).
+pub const OBJECT_STARTS: [u64; 3] = [0, PREHEADER_SIZES[0], PREHEADER_SIZES[1]];
+
+/// The object a block's first bytes hold: at one of `OBJECT_STARTS`, a reference count
+/// (1 to 2³²−1: 3.12+ immortals keep `UINT_MAX`; a free-list link or 0 is not one) and a
+/// type pointer that `type_flags` accepts as a type object, whose flags give exactly that
+/// pre-header. Returns (start, type pointer). Used by the allocator census and by the
+/// allocator plan's blocks (`resolve::blocks`).
+pub fn object_in_block(
+    block: &[u8],
+    v: Version,
+    type_flags: &mut dyn FnMut(u64) -> Option<u64>,
+) -> Option<(u64, u64)> {
+    let word = |at: usize| u64::from_le_bytes(block[at..at + 8].try_into().unwrap());
+    for start in OBJECT_STARTS {
+        let s = start as usize;
+        if s + 16 > block.len() {
+            break;
+        }
+        let refcnt = word(s);
+        if !(1..=u32::MAX as u64).contains(&refcnt) {
+            continue;
+        }
+        let t = word(s + OB_TYPE as usize);
+        if let Some(flags) = type_flags(t)
+            && preheader_size(v, flags) == start
+        {
+            return Some((start, t));
+        }
+    }
+    None
+}
+
 /// Size of one object: `tp_basicsize + |ob_size| * tp_itemsize`, rounded to 8 like
 /// `_PyObject_VAR_SIZE` (3.13.0 `cpython/objimpl.h:23`), plus the pre-header. Shallow:
 /// buffers an object owns (a list's item array, a dict's table, a str's characters) are not

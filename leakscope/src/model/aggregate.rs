@@ -281,6 +281,17 @@ impl Aggregator {
     /// cannot fully see (its birth still proves the previous occupant of `addr` dead).
     pub fn birth(&mut self, addr: u64, birth: Option<Birth>) {
         self.retire(addr);
+        // An object a little above whose pre-header covers `addr` is gone too (its block
+        // now holds this one).
+        for k in crate::cpython::PREHEADER_SIZES {
+            if self
+                .objects
+                .get(&(addr + k))
+                .is_some_and(|o| o.preheader >= k)
+            {
+                self.retire(addr + k);
+            }
+        }
         let Some(b) = birth else {
             self.ignored_births += 1;
             return;

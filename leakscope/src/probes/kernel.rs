@@ -22,7 +22,7 @@ use std::{num::NonZeroU32, os::fd::OwnedFd};
 
 static BPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakscope.bpf.o"));
-pub const PROGRAMS: [&str; 7] = names::PROGRAMS;
+pub const PROGRAMS: [&str; 8] = names::PROGRAMS;
 
 /// The BPF object this binary embeds (empty when it was built without one).
 pub fn embedded_object() -> &'static [u8] {
@@ -327,7 +327,8 @@ impl Tracer {
             );
         }
         check_object(BPF_OBJECT)?;
-        if plan.probes.len() > MAX_PROBES as usize {
+        // The last cookie is the calibration probe's.
+        if plan.probes.len() >= MAX_PROBES as usize {
             bail!(
                 "{} probes planned, at most {MAX_PROBES} fit",
                 plan.probes.len()

@@ -4,4 +4,5 @@
 pub mod disasm;
 pub mod kernel;
 mod multi;
+pub mod newref;
 pub mod plan;

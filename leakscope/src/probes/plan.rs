@@ -6,7 +6,15 @@
 //!   freelist reuse included. Deaths are seen at the object allocator's free and realloc
 //!   (found through the allocator table the interpreter really calls, read from its memory),
 //!   which every object's memory passes through; freelist deaths surface as rebirths.
-//! - **partial** (static executables and LTO/`-Bsymbolic` libraries, e.g. Debian's
+//! - **inlined** (static executables and LTO builds, e.g. Debian's `/usr/bin/python3.11`,
+//!   3.9–3.11): `_Py_NewReference` is inlined into every function that makes an object, but
+//!   each copy keeps its tracemalloc test (`if (_Py_tracemalloc_config.tracing)`), and
+//!   the object is in a register at that test's conditional jump (`probes::newref`): every
+//!   such jump is probed (`birth_reg`, emulated: a cheap hit), which sees every birth,
+//!   free-list reuse included. The frees are inlined too: a birth at an address ends what
+//!   lived there, the exported `tp_free`s are probed, and before each report every live
+//!   object is read again (`resolve::follow`: reference count and type) for the rest.
+//! - **partial** (the fallback when the inlined births are not found; static executables and LTO/`-Bsymbolic` libraries, e.g. Debian's
 //!   `/usr/bin/python3.11`): builtins are created and destroyed through inlined copies that
 //!   no probe sees. Instances of Python classes still pass through their type slots
 //!   (`tp_alloc` = `PyType_GenericAlloc`, `tp_free` = `PyObject_GC_Del`/`PyObject_Free`),
@@ -23,6 +31,7 @@ use std::path::PathBuf;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Coverage {
     Complete,
+    Inlined,
     Partial,
 }
 
@@ -30,6 +39,10 @@ impl Coverage {
     pub fn sees(self) -> &'static str {
         match self {
             Coverage::Complete => "all objects",
+            Coverage::Inlined => {
+                "all objects (births at each inlined _Py_NewReference; deaths the probes \
+                 miss are read back from memory before each report)"
+            }
             Coverage::Partial => {
                 "instances of classes defined in Python and objects of C-extension types \
                  (builtins created inside this optimized interpreter are not visible)"
@@ -110,6 +123,38 @@ pub fn plan(process: &Process, interp: &Interpreter) -> Result<Plan> {
             interp.version
         );
     }
+    let frees = |probes: &mut Vec<ProbeSpec>| -> Result<()> {
+        for name in hooks::FREES {
+            // `.isra` clones may have their arguments rewritten: only the real entry is read.
+            if let Some((vaddr, size)) = bin.symbol(name) {
+                probes.push(entry_probe(
+                    bin,
+                    name,
+                    vaddr,
+                    size,
+                    Register::RDI,
+                    "free_arg0",
+                )?);
+            }
+        }
+        Ok(())
+    };
+    // `LEAKSCOPE_PARTIAL_PLAN=1` keeps to the partial plan (its census rows are tested so).
+    let inlined = match std::env::var_os("LEAKSCOPE_PARTIAL_PLAN") {
+        Some(v) if v == "1" => Err(anyhow::anyhow!("LEAKSCOPE_PARTIAL_PLAN=1")),
+        _ => inlined_plan(interp),
+    };
+    match inlined {
+        Ok(mut plan) => {
+            frees(&mut plan.probes)?;
+            return Ok(plan);
+        }
+        Err(e) => eprintln!(
+            "leakscope: the inlined object births of {} are not found ({e:#}): only \
+             instances of Python classes and C-extension types are seen",
+            interp.target_path
+        ),
+    }
     for name in hooks::ALLOCATORS {
         for (clone, vaddr, _) in bin.symbol_and_clones(name) {
             let off = bin
@@ -128,19 +173,7 @@ pub fn plan(process: &Process, interp: &Interpreter) -> Result<Plan> {
             });
         }
     }
-    for name in hooks::FREES {
-        // `.isra` clones may have their arguments rewritten: only the real entry is read.
-        if let Some((vaddr, size)) = bin.symbol(name) {
-            probes.push(entry_probe(
-                bin,
-                name,
-                vaddr,
-                size,
-                Register::RDI,
-                "free_arg0",
-            )?);
-        }
-    }
+    frees(&mut probes)?;
     if probes.is_empty() {
         bail!(
             "none of the functions leakscope hooks is exported by {}",
@@ -149,6 +182,63 @@ pub fn plan(process: &Process, interp: &Interpreter) -> Result<Plan> {
     }
     Ok(Plan {
         coverage: Coverage::Partial,
+        probes,
+    })
+}
+
+/// Fewest inlined `_Py_NewReference` copies a build must show before births are taken
+/// there (Debian's 3.11 has over 200; a build with only a few is not what this expects).
+const MIN_NEWREF_SITES: usize = 32;
+
+/// The inlined plan (module docs): a `birth_reg` probe at every inlined `_Py_NewReference`.
+fn inlined_plan(interp: &Interpreter) -> Result<Plan> {
+    let bin = &interp.binary;
+    // `_Py_tracemalloc_config.tracing` (`struct _PyTraceMalloc_Config { int initialized;
+    // int tracing; ... }`, 3.9–3.11 `Include/internal/pycore_pymem.h`); 3.12 moved it into
+    // `_PyRuntime`, where it has no symbol of its own.
+    if interp.version.minor > 11 {
+        bail!(
+            "Python {} keeps the tracemalloc flag inside _PyRuntime",
+            interp.version
+        );
+    }
+    let (config, _) = bin
+        .symbol(hooks::TRACEMALLOC_CONFIG)
+        .with_context(|| format!("{} not found", hooks::TRACEMALLOC_CONFIG))?;
+    let (text_vaddr, text) = bin.section_at(".text").context("no .text section")?;
+    let found = crate::probes::newref::find(text, text_vaddr, config + hooks::TRACEMALLOC_TRACING);
+    if found.sites.len() < MIN_NEWREF_SITES {
+        bail!(
+            "only {} inlined copies of _Py_NewReference found",
+            found.sites.len()
+        );
+    }
+    let mut probes = vec![];
+    for site in &found.sites {
+        let point = ProbePoint {
+            offset: 0,
+            emulated: true,
+            instruction: site.instruction.clone(),
+        };
+        let label = match bin.symbol_containing(site.vaddr) {
+            Some((name, start, _)) => format!("{name}+{} (_Py_NewReference)", site.vaddr - start),
+            None => format!("{:#x} (_Py_NewReference)", site.vaddr),
+        };
+        probes.push(ProbeSpec {
+            label,
+            program: "birth_reg",
+            path: bin.path.clone(),
+            file_offset: bin
+                .vaddr_to_offset(site.vaddr)
+                .context("a birth site outside any segment")?,
+            point: point.clone(),
+            entry: point,
+            kind: crate::probes::newref::register_index(site.object)
+                .context("a register the BPF program cannot read")?,
+        });
+    }
+    Ok(Plan {
+        coverage: Coverage::Inlined,
         probes,
     })
 }

@@ -441,7 +441,12 @@ pub fn text(report: &Report, top: usize) -> String {
     if let Some(f) = &report.followed {
         let _ = writeln!(
             s,
-            "  followed between windows: {} checks · found dead: {} by refcount, {} reused by another type, {} with other contents, {} unreadable",
+            "  {}: {} checks · found dead: {} by refcount, {} reused by another type, {} with other contents, {} unreadable",
+            if sampled {
+                "followed between windows"
+            } else {
+                "read back for the deaths no probe sees"
+            },
             thousands(f.checked),
             thousands(f.dead_refcount),
             thousands(f.dead_other_type),

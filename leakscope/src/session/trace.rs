@@ -103,7 +103,7 @@ impl Pipeline {
         let mut natives = natives.iter();
         for e in events {
             match e.kind {
-                EVENT_BIRTH => self.birth(e, stack),
+                EVENT_BIRTH => self.birth(e.addr, e.type_ptr, e.ob_size, e.stack_id, stack),
                 EVENT_FREE if e.type_ptr & FREE_IN_GC != 0 => self.agg.free_in_gc(e.addr),
                 EVENT_FREE | EVENT_NATIVE_FREE => self.agg.free(e.addr),
                 EVENT_NATIVE_ALLOC => match natives.next() {
@@ -154,25 +154,32 @@ impl Pipeline {
         );
     }
 
-    fn birth(&mut self, e: &Event, stack: &mut dyn FnMut(u64) -> Option<RawStack>) {
+    fn birth(
+        &mut self,
+        addr: u64,
+        type_ptr: u64,
+        ob_size: i64,
+        stack_id: u64,
+        stack: &mut dyn FnMut(u64) -> Option<RawStack>,
+    ) {
         if let Some(sym) = &mut self.symbolizer
-            && e.type_ptr == sym.code_type()
+            && type_ptr == sym.code_type()
         {
-            sym.code_born(e.addr);
+            sym.code_born(addr);
         }
-        let birth = match self.resolver.get(e.type_ptr) {
+        let birth = match self.resolver.get(type_ptr) {
             Some(t) if t.tracked => Some(aggregate::Birth {
-                type_ptr: e.type_ptr,
-                bytes: cpython::object_bytes(t.basicsize, t.itemsize, e.ob_size, t.preheader),
+                type_ptr,
+                bytes: cpython::object_bytes(t.basicsize, t.itemsize, ob_size, t.preheader),
                 preheader: t.preheader,
                 site: match &mut self.symbolizer {
-                    Some(sym) => sym.site(e.stack_id, &mut *stack),
+                    Some(sym) => sym.site(stack_id, &mut *stack),
                     None => 0,
                 },
             }),
             _ => None,
         };
-        self.agg.birth(e.addr, birth);
+        self.agg.birth(addr, birth);
     }
 }
 
@@ -330,7 +337,7 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
             mem,
             interp.version,
             interp.ranges.clone(),
-            plan.coverage == Coverage::Complete,
+            plan.coverage != Coverage::Partial,
         )
     };
     let mut pipeline = Pipeline::new(resolver(process.memory()), symbolizer);
@@ -851,6 +858,40 @@ impl Session<'_> {
         });
     }
 
+    /// Inlined plans in exact mode: most deaths are inlined frees no probe sees, so
+    /// before a report every live object is read again (reference count and type, as
+    /// `follow::check` does, without its contents tag: an object that changes is still
+    /// alive here, and a reused address was already seen as a birth). When no
+    /// object can be read at all the target is gone: what was last seen stands.
+    fn check_live(&mut self, pipeline: &mut Pipeline) {
+        let mut dead = vec![];
+        let mut unreadable = 0;
+        let live = pipeline.agg.followed();
+        for o in &live {
+            let untagged = aggregate::Followed { tag: 0, ..*o };
+            if let Verdict::Dead(why) = follow::check(&*self.mem, &untagged) {
+                if why == Why::Unreadable {
+                    unreadable += 1;
+                }
+                dead.push((o.addr, why));
+            }
+        }
+        if !live.is_empty() && unreadable == live.len() {
+            return;
+        }
+        let f = &mut self.sampler.follow;
+        f.checked += live.len() as u64;
+        for (addr, why) in dead {
+            match why {
+                Why::RefcountZero | Why::NotARefcount => f.dead_refcount += 1,
+                Why::OtherType => f.dead_other_type += 1,
+                Why::OtherContents => f.dead_other_contents += 1,
+                Why::Unreadable => f.dead_unreadable += 1,
+            }
+            pipeline.agg.found_dead(addr);
+        }
+    }
+
     /// The trace ends: take what is queued (bounded), and in sampled mode close the last
     /// window (or check the followed objects once more).
     /// A target that exited has no memory to check: its last observation stands.
@@ -892,6 +933,9 @@ impl Session<'_> {
         let elapsed = self.started.elapsed().as_secs_f64();
         let sampled = self.sampled();
         if !sampled {
+            if self.plan.coverage == Coverage::Inlined {
+                self.check_live(pipeline);
+            }
             pipeline.refresh_owned(&*self.mem);
         }
         let Pipeline {

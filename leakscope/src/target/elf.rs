@@ -146,6 +146,15 @@ impl Binary {
             .min_by_key(|(n, _, _)| (n.contains('.'), n.len(), n.clone()))
     }
 
+    /// The function whose extent holds `vaddr` (for labels).
+    pub fn symbol_containing(&self, vaddr: u64) -> Option<(String, u64, u64)> {
+        self.symbols
+            .iter()
+            .filter(|(_, (a, s))| *a <= vaddr && vaddr < a + s)
+            .map(|(n, &(a, s))| (n.clone(), a, s))
+            .min_by_key(|(n, _, _)| (n.contains('.'), n.len(), n.clone()))
+    }
+
     pub fn bytes_at(&self, vaddr: u64, len: u64) -> Option<&[u8]> {
         let off = self.vaddr_to_offset(vaddr)? as usize;
         self.data.get(off..off + len as usize)
@@ -154,6 +163,17 @@ impl Binary {
     /// Lowest PT_LOAD vaddr, page aligned: what a mapping at file offset 0 corresponds to.
     pub fn first_load_vaddr(&self) -> u64 {
         self.segments.iter().map(|s| s.0).min().unwrap_or(0) & !0xfff
+    }
+
+    /// A section's link-time address and bytes.
+    pub fn section_at(&self, name: &str) -> Option<(u64, &[u8])> {
+        let elf = ElfFile64::<object::Endianness>::parse(&*self.data).ok()?;
+        let s = elf.section_by_name(name)?;
+        let (off, size) = s.file_range()?;
+        Some((
+            s.address(),
+            self.data.get(off as usize..(off + size) as usize)?,
+        ))
     }
 
     pub fn section(&self, name: &str) -> Option<&[u8]> {
