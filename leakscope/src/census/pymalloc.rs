@@ -126,22 +126,34 @@ impl Allocator {
             .with_context(|| format!("no pymalloc layout for Python {}", interp.version))?;
         let tables = match layout.table {
             obmalloc::TablePlace::Static => {
-                let (Some(arenas), Some(maxarenas)) = (
+                // By symbol; a stripped build's from the code that walks the table.
+                let from_code = || {
+                    let (vaddr, size) = interp.binary.symbol(obmalloc::ALLOCATED_BLOCKS_FN)?;
+                    let code = interp.binary.bytes_at(vaddr, size.max(16))?;
+                    let (a, m) = obmalloc::table_from_code(code, vaddr)?;
+                    Some((a + interp.bias, m + interp.bias))
+                };
+                let (arenas, maxarenas) = match (
                     interp.runtime_addr(obmalloc::ARENAS_SYMBOL),
                     interp.runtime_addr(obmalloc::MAXARENAS_SYMBOL),
-                ) else {
-                    bail!(
-                        "pymalloc's arena table is not in the symbols of {} (the file-static \
-                         `arenas` of Objects/obmalloc.c; a stripped build: {})",
-                        interp.target_path,
-                        match interp.binary.build_id() {
-                            Some(id) => format!(
-                                "install the debug file with build id {id}, e.g. from the \
-                                 distribution's -dbg package for exactly this build"
-                            ),
-                            None => "no build id to find a debug file by".into(),
-                        }
-                    );
+                ) {
+                    (Some(a), Some(m)) => (a, m),
+                    _ => from_code().with_context(|| {
+                        format!(
+                            "pymalloc's arena table is not in the symbols of {} (the file-static \
+                             `arenas` of Objects/obmalloc.c), nor found in {}'s code; a stripped \
+                             build: {}",
+                            interp.target_path,
+                            obmalloc::ALLOCATED_BLOCKS_FN,
+                            match interp.binary.build_id() {
+                                Some(id) => format!(
+                                    "install the debug file with build id {id}, e.g. from the \
+                                     distribution's -dbg package for exactly this build"
+                                ),
+                                None => "no build id to find a debug file by".into(),
+                            }
+                        )
+                    })?,
                 };
                 Tables::Static { arenas, maxarenas }
             }

@@ -82,6 +82,49 @@ pub const MGMT_MAXARENAS: u64 = 8;
 /// 3.10.13 `:1212,1214`, 3.11.7 `:1243,1245`).
 pub const ARENAS_SYMBOL: &str = "arenas";
 pub const MAXARENAS_SYMBOL: &str = "maxarenas";
+/// Exported, and it walks the arena table (`for (i = 0; i < maxarenas; ++i) { base =
+/// arenas[i].address; ...}`, 3.9–3.11 `Objects/obmalloc.c`): where a stripped build's
+/// table is found (`table_from_code`).
+pub const ALLOCATED_BLOCKS_FN: &str = "_Py_GetAllocatedBlocks";
+
+/// `(arenas, maxarenas)`, link-time addresses of the two file-statics, from the code of
+/// `_Py_GetAllocatedBlocks` at `ip`: `maxarenas` is the first 32-bit load from
+/// `[rip+x]`; `arenas` the 64-bit load from `[rip+y]` whose register is then read through
+/// at offset 0 (`arenas[0].address`; the other 64-bit load is `raw_allocated_blocks`, a
+/// count). Seen on Debian's python3.11 (`mov r9d,[rip+..]` → 0xac4618, `mov rdi,[rip+..]`
+/// then `mov rax,[rdi]` → 0xac4628) and pyenv's 3.11.7, where the symbols say the same
+/// (`tests::allocated_blocks_code_gives_the_arena_table`).
+pub fn table_from_code(code: &[u8], ip: u64) -> Option<(u64, u64)> {
+    use iced_x86::{Decoder, DecoderOptions, OpKind};
+    let mut maxarenas = None;
+    let mut loads: Vec<(iced_x86::Register, u64)> = vec![];
+    for i in Decoder::with_ip(64, code, ip, DecoderOptions::NONE)
+        .into_iter()
+        .take(24)
+    {
+        if i.mnemonic() == iced_x86::Mnemonic::Mov
+            && i.op0_kind() == OpKind::Register
+            && i.is_ip_rel_memory_operand()
+        {
+            let r = i.op0_register();
+            if r.is_gpr32() && maxarenas.is_none() {
+                maxarenas = Some(i.ip_rel_memory_address());
+            } else if r.is_gpr64() {
+                loads.push((r, i.ip_rel_memory_address()));
+            }
+            continue;
+        }
+        if i.op_count() == 2
+            && i.op1_kind() == OpKind::Memory
+            && i.memory_displacement64() == 0
+            && i.memory_index() == iced_x86::Register::None
+            && let Some(&(_, arenas)) = loads.iter().find(|(r, _)| *r == i.memory_base())
+        {
+            return Some((arenas, maxarenas?));
+        }
+    }
+    None
+}
 
 /// One build's pymalloc geometry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +180,36 @@ impl Layout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// The first 80 bytes of `_Py_GetAllocatedBlocks`, read from the files with
+    /// `python3 -c "d=open(F,'rb').read(); print(d[OFF:OFF+0x50].hex())"`: Debian's
+    /// `/usr/bin/python3.11` (3.11.2-6+deb12u6, at 0x6d0190, file offset 0x2d0190, no
+    /// symbols for the statics) and pyenv's 3.11.7 libpython (at 0x1af280, = its file
+    /// offset), whose `.symtab` has `arenas` 0x5b7a60 and `maxarenas` 0x5b7a58.
+    #[test]
+    fn allocated_blocks_code_gives_the_arena_table() {
+        let debian = hex(
+            "488b1509423b00448b0d7a443f004531c0488b3d80443f004539c10f84ef7fe1ff488b074885c00f84e77fe1ff4805ff3f0000488b7708482500c0ffffeb0b8b084805004000004801ca4839f072f0e9",
+        );
+        assert_eq!(
+            table_from_code(&debian, 0x6d0190),
+            Some((0xac4628, 0xac4618))
+        );
+        let pyenv = hex(
+            "8b05d2874000488b159385400085c07458488b35c88740004c8d044049c1e0044901f0eb0c0f1f004883c6304939f07438488b064885c074ef4805ff3f0000488b7e08482500c0ffff4839f873da6690",
+        );
+        assert_eq!(
+            table_from_code(&pyenv, 0x1af280),
+            Some((0x5b7a60, 0x5b7a58))
+        );
+    }
     use crate::cpython::tests::v;
 
     #[test]

@@ -220,15 +220,10 @@ fn debian_311_native_leak_has_its_c_function_and_python_line() {
 
 /// refcount_leak.py: bytes objects whose reference an extension took and never released
 /// are a Python-level leak of `bytes` at the line that made them, and the finding says
-/// that nothing refers to them although their count is not zero. pyenv only: Debian's
-/// static build does not show births of builtins yet (#11).
-#[test]
-#[ignore = "privileged: real BPF against a real interpreter (cargo xtask test)"]
-fn pyenv_311_refcount_leak_is_bytes_at_the_line_that_made_them() {
-    require_root();
-    let python = pyenv("3.11.7");
-    let ext = build_ext(&python, "nativeleak", &["-fomit-frame-pointer"]);
-    let mut cmd = Command::new(&python);
+/// that nothing refers to them although their count is not zero.
+fn refcount_leak(python: &Path, opt: &str) {
+    let ext = build_ext(python, "nativeleak", &[opt, "-fomit-frame-pointer"]);
+    let mut cmd = Command::new(python);
     cmd.arg("-u")
         .arg(script("refcount_leak.py"))
         .arg(RATE.to_string())
@@ -261,18 +256,27 @@ fn pyenv_311_refcount_leak_is_bytes_at_the_line_that_made_them() {
     assert!(kept.contains("reference-count leak"), "{:#}", findings[0]);
 }
 
+#[test]
+#[ignore = "privileged: real BPF against a real interpreter (cargo xtask test)"]
+fn pyenv_311_refcount_leak_is_bytes_at_the_line_that_made_them() {
+    require_root();
+    refcount_leak(&pyenv("3.11.7"), "-O2");
+}
+
+#[test]
+#[ignore = "privileged: real BPF against a real interpreter (cargo xtask test)"]
+fn debian_311_refcount_leak_is_bytes_at_the_line_that_made_them() {
+    require_root();
+    refcount_leak(&debian_python(), "-O3");
+}
+
 /// bytearray_leak.py: 64 KiB bytearrays leaked at a known line are `bytearray` at that
 /// line with their real size (the buffer the interpreter mallocs for them counts in the
 /// owner's bytes, not as native memory), with `--native` on; leaked dicts and lists count
-/// their key tables and item arrays, byte for byte as `sys.getsizeof` does. pyenv only:
-/// Debian's static build does not show births of builtins yet (#11).
-#[test]
-#[ignore = "privileged: real BPF against a real interpreter (cargo xtask test)"]
-fn pyenv_311_bytearray_reports_its_buffer() {
-    require_root();
+/// their key tables and item arrays, byte for byte as `sys.getsizeof` does.
+fn bytearray_buffer(python: &Path) {
     let rate = 50.0;
-    let python = pyenv("3.11.7");
-    let target = crate::support::python(&python, "bytearray_leak.py", &[&rate.to_string()]);
+    let target = crate::support::python(python, "bytearray_leak.py", &[&rate.to_string()]);
     let run = trace(target.pid, 12, &["--native"]);
     let last = run.last();
     let growing = growing_sites(&last);
@@ -303,7 +307,7 @@ fn pyenv_311_bytearray_reports_its_buffer() {
         ("dict", "DICT_LEAK", "{i: i for i in range(100)}"),
         ("list", "LIST_LEAK", "[None] * 1000"),
     ] {
-        let out = Command::new(&python)
+        let out = Command::new(python)
             .args(["-c", &format!("import sys; print(sys.getsizeof({expr}))")])
             .output()
             .unwrap();
@@ -340,6 +344,20 @@ fn pyenv_311_bytearray_reports_its_buffer() {
         .cloned()
         .unwrap_or_else(|| panic!("no churn site"));
     assert_eq!(churn["growing"], false, "{churn:#}");
+}
+
+#[test]
+#[ignore = "privileged: real BPF against a real interpreter (cargo xtask test)"]
+fn pyenv_311_bytearray_reports_its_buffer() {
+    require_root();
+    bytearray_buffer(&pyenv("3.11.7"));
+}
+
+#[test]
+#[ignore = "privileged: real BPF against a real interpreter (cargo xtask test)"]
+fn debian_311_bytearray_reports_its_buffer() {
+    require_root();
+    bytearray_buffer(&debian_python());
 }
 
 /// native_leak.py --busy: hundreds of thousands of Python objects a second besides the
