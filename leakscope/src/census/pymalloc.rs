@@ -21,7 +21,7 @@ use super::walker::Counts;
 use crate::cpython::{self, GcLayout, Version, obmalloc};
 use crate::resolve::types::Resolver;
 use crate::target::Mem;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use hashbrown::HashMap;
 
 /// Most arena-table entries read per table (64 GiB of 1 MiB arenas).
