@@ -368,7 +368,8 @@ impl Aggregator {
                 type_ptr: o.type_ptr,
                 site: o.site,
                 epoch: o.epoch,
-                bytes: o.bytes,
+                // its own bytes: what it owns beside itself is elsewhere
+                bytes: o.bytes - o.owned,
                 preheader: o.preheader,
                 tag: o.tag,
             })
