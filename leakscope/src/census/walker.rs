@@ -128,7 +128,7 @@ impl Heap {
             interp = self.mem.u64(interp + self.layout.interp_next).unwrap_or(0);
             n += 1;
         }
-        (main != 0).then(|| main + self.layout.interp_gc + cpython::gc::GC_COLLECTING)
+        (main != 0).then(|| main + self.layout.interp_gc + self.layout.collecting)
     }
 }
 
@@ -280,13 +280,13 @@ impl<'a> Walker<'a> {
             census.stats.interpreters += 1;
             let gc = interp + self.layout.interp_gc;
             let heads: Vec<u64> = (0..3)
-                .map(|g| gc + cpython::GC_GENERATIONS + g * cpython::GC_GENERATION_SIZE)
-                .chain([gc + cpython::GC_PERMANENT])
+                .map(|g| gc + self.layout.generations + g * cpython::GC_GENERATION_SIZE)
+                .chain([gc + self.layout.permanent])
                 .collect();
             for &head in &heads {
                 self.walk_list(head, &heads, &mut census, &mut seen);
             }
-            self.read_garbage(gc + cpython::GC_GARBAGE, &mut census);
+            self.read_garbage(gc + self.layout.garbage, &mut census);
         }
         census
     }

@@ -40,8 +40,11 @@ pub struct StackLayout {
     /// `PyThreadState.current_frame`.
     pub frame_path: (u64, Option<u64>),
     /// The code object in the frame: `PyFrameObject.f_code` (3.9/3.10),
-    /// `_PyInterpreterFrame.f_code` (3.11/3.12), `.f_executable` (3.13).
+    /// `_PyInterpreterFrame.f_code` (3.11/3.12), `.f_executable` (3.13+).
     pub frame_code: u64,
+    /// Low bits of the `frame_code` word that are a tag, not address: 3.14+ keep a
+    /// `_PyStackRef` there (`debug_offsets::STACKREF_TAG_BITS`); 0 before.
+    pub code_tag: u64,
     /// The previous frame: `PyFrameObject.f_back` (3.9/3.10), `_PyInterpreterFrame.previous`.
     pub frame_prev: u64,
     /// The position: `PyFrameObject.f_lasti` (3.9/3.10), `_PyInterpreterFrame.prev_instr`
@@ -61,6 +64,7 @@ pub struct StackLayout {
     pub table: TableKind,
 }
 
+/// 3.9–3.13; 3.14+ have no row (`debug_offsets::stack_layout_from` reads theirs).
 pub fn stack_layout(v: Version) -> Option<StackLayout> {
     use TableKind::*;
     Some(match v.minor {
@@ -71,6 +75,7 @@ pub fn stack_layout(v: Version) -> Option<StackLayout> {
             native_tid_off: None,
             frame_path: (24, None),
             frame_code: 32,
+            code_tag: 0,
             frame_prev: 24,
             frame_instr: if v.minor == 9 { 104 } else { 96 },
             instr: if v.minor == 9 {
@@ -93,6 +98,7 @@ pub fn stack_layout(v: Version) -> Option<StackLayout> {
             native_tid_off: Some(160),
             frame_path: (56, Some(8)),
             frame_code: 32,
+            code_tag: 0,
             frame_prev: 48,
             frame_instr: 56,
             instr: Instr::Pointer { code_adaptive: 184 },
@@ -110,6 +116,7 @@ pub fn stack_layout(v: Version) -> Option<StackLayout> {
             native_tid_off: Some(144),
             frame_path: (56, Some(0)),
             frame_code: 0,
+            code_tag: 0,
             frame_prev: 8,
             frame_instr: 56,
             instr: Instr::Pointer { code_adaptive: 192 },
@@ -128,6 +135,7 @@ pub fn stack_layout(v: Version) -> Option<StackLayout> {
             native_tid_off: Some(160),
             frame_path: (72, None),
             frame_code: 0,
+            code_tag: 0,
             frame_prev: 8,
             frame_instr: 56,
             instr: Instr::Pointer { code_adaptive: 200 },

@@ -13,37 +13,39 @@ pub struct GcLayout {
     pub interp_next: u64,
     /// `PyInterpreterState.gc` (a `struct _gc_runtime_state`).
     pub interp_gc: u64,
+    /// In `_gc_runtime_state`: the first of the three generation list heads (each
+    /// `GC_GENERATION_SIZE` on; 3.14.0–3.14.4's incremental `young`, `old[2]`), the
+    /// `permanent_generation` head (`gc.freeze`), `collecting` and `garbage`.
+    pub generations: u64,
+    pub permanent: u64,
+    pub collecting: u64,
+    pub garbage: u64,
 }
 
 /// One row per version (DWARF of the pyenv builds; 3.13 also `_Py_DebugOffsets`
 /// `runtime_state.interpreters_head`, `interpreter_state.next`, `interpreter_state.gc`).
+/// 3.14+ have no row: their offsets move between patch releases and come from the
+/// interpreter's `_Py_DebugOffsets` (`debug_offsets::gc_layout_from`).
 pub fn gc_layout(v: Version) -> Option<GcLayout> {
-    Some(match v.minor {
-        9 | 10 => GcLayout {
-            interpreters_head: 32,
-            interp_next: 0,
-            interp_gc: 616,
-        },
-        11 => GcLayout {
-            interpreters_head: 40,
-            interp_next: 0,
-            interp_gc: 648,
-        },
-        12 => GcLayout {
-            interpreters_head: 40,
-            interp_next: 0,
-            interp_gc: 112,
-        },
-        13 => GcLayout {
-            interpreters_head: 632,
-            interp_next: 7264,
-            interp_gc: 7400,
-        },
+    let (interpreters_head, interp_next, interp_gc) = match v.minor {
+        9 | 10 => (32, 0, 616),
+        11 => (40, 0, 648),
+        12 => (40, 0, 112),
+        13 => (632, 7264, 7400),
         _ => return None,
+    };
+    Some(GcLayout {
+        interpreters_head,
+        interp_next,
+        interp_gc,
+        generations: GC_GENERATIONS,
+        permanent: GC_PERMANENT,
+        collecting: GC_COLLECTING,
+        garbage: GC_GARBAGE,
     })
 }
 
-// `struct _gc_runtime_state`: the same in 3.9–3.13 (DWARF).
+// `struct _gc_runtime_state`: the same in 3.9–3.13 (DWARF); 3.14+: `debug_offsets::gc_lists`.
 /// `_gc_runtime_state.generations[3]`.
 pub const GC_GENERATIONS: u64 = 24;
 /// `sizeof(struct gc_generation)`: list head (a `PyGC_Head`, 16), threshold, count.

@@ -23,7 +23,7 @@ pub mod obmalloc;
 pub mod refs;
 pub mod strings;
 
-pub use debug_offsets::{DebugOffsets, debug_offsets_313, gc_layout_from, stack_layout_from};
+pub use debug_offsets::{gc_layout_from, stack_layout_from};
 pub use dict::{DK_NENTRIES, DK_USABLE};
 pub use frames::{GIL_LAST_HOLDER, GIL_LOCKED, Instr, StackLayout, stack_layout};
 pub use gc::{
@@ -34,7 +34,7 @@ pub use object::*;
 pub use strings::*;
 
 /// Versions `trace` supports; anything else is refused with this list in the message.
-pub const SUPPORTED: &str = "3.9, 3.10, 3.11, 3.12 and 3.13";
+pub const SUPPORTED: &str = "3.9 to 3.15 (default GIL builds)";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Version {
@@ -51,7 +51,7 @@ impl std::fmt::Display for Version {
 
 impl Version {
     pub fn is_supported(&self) -> bool {
-        self.major == 3 && (9..=13).contains(&self.minor)
+        self.major == 3 && (9..=15).contains(&self.minor)
     }
 }
 
@@ -68,6 +68,9 @@ pub mod hooks {
     /// probed (`probes::newref`).
     pub const TRACEMALLOC_CONFIG: &str = "_Py_tracemalloc_config";
     pub const TRACEMALLOC_TRACING: u64 = 4;
+    /// 3.13+ test `_PyRuntime.ref_tracer.tracer_func` instead, which has no symbol: found
+    /// in `_Py_NewReference`'s code and confirmed in the setter's (`newref::tracer_flag`).
+    pub const SET_REF_TRACER: &str = "PyRefTracer_SetTracer";
     pub const REALLOC_WRAPPER: &str = "PyObject_Realloc";
     /// Allocators that return a new object: `tp_alloc` and the `PyObject_New` family that
     /// C extensions call through their PLT.

@@ -28,7 +28,7 @@ pub struct Symbolizer {
     mem: Mem,
     layout: StackLayout,
     version: cpython::Version,
-    /// Runtime address of `PyCode_Type`: frames whose "code" is anything else (3.13's entry
+    /// Runtime address of `PyCode_Type`: frames whose "code" is anything else (3.13+'s entry
     /// frames hold None) are skipped.
     code_type: u64,
     codes: HashMap<u64, Option<CodeInfo>>,
@@ -71,9 +71,11 @@ impl Symbolizer {
         let mut frames = Vec::with_capacity(depth);
         let mut used = Vec::with_capacity(depth);
         for f in &raw.frames[..depth] {
-            if let Some(frame) = self.frame(f.code, f.instr) {
+            // (3.14+ frames hold a tagged `_PyStackRef`; the kernel records the word.)
+            let code = f.code & !self.layout.code_tag;
+            if let Some(frame) = self.frame(code, f.instr) {
                 frames.push(frame);
-                used.push(f.code);
+                used.push(code);
             }
         }
         let site = self.sites.intern(Site {

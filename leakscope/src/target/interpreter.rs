@@ -89,6 +89,14 @@ impl Interpreter {
                 cpython::SUPPORTED
             );
         }
+        // 3.13t/3.14t: another object header, no GIL, mimalloc heaps (nothing here fits).
+        if cpython::debug_offsets::is_free_threaded(version, binary.section(".PyRuntime")) {
+            bail!(
+                "process {}: {}",
+                process.pid,
+                cpython::debug_offsets::free_threaded(version)
+            );
+        }
         let mine: Vec<&Mapping> = maps.iter().filter(|m| m.path == target_path).collect();
         let base = mapping.start;
         let bias = if binary.is_shared_object {
