@@ -115,14 +115,6 @@ pub fn plan(process: &Process, interp: &Interpreter) -> Result<Plan> {
             probes,
         });
     }
-    if interp.version.minor >= 13 {
-        bail!(
-            "Python {} here is an optimized build (static or LTO): on 3.13+ such builds need the \
-             reference tracer, which leakscope does not use yet; a shared build without LTO \
-             (e.g. pyenv's) is supported",
-            interp.version
-        );
-    }
     let frees = |probes: &mut Vec<ProbeSpec>| -> Result<()> {
         for name in hooks::FREES {
             // `.isra` clones may have their arguments rewritten: only the real entry is read.
@@ -193,27 +185,75 @@ const MIN_NEWREF_SITES: usize = 32;
 /// The inlined plan (module docs): a `birth_reg` probe at every inlined `_Py_NewReference`.
 fn inlined_plan(interp: &Interpreter) -> Result<Plan> {
     let bin = &interp.binary;
-    // `_Py_tracemalloc_config.tracing` (`struct _PyTraceMalloc_Config { int initialized;
-    // int tracing; ... }`, 3.9–3.11 `Include/internal/pycore_pymem.h`); 3.12 moved it into
-    // `_PyRuntime`, where it has no symbol of its own.
-    if interp.version.minor > 11 {
-        bail!(
+    let (text_vaddr, text) = bin.section_at(".text").context("no .text section")?;
+    let flag = match interp.version.minor {
+        // `_Py_tracemalloc_config.tracing` (`struct _PyTraceMalloc_Config { int initialized;
+        // int tracing; ... }`, 3.9–3.11 `Include/internal/pycore_pymem.h`).
+        ..=11 => {
+            let (config, _) = bin
+                .symbol(hooks::TRACEMALLOC_CONFIG)
+                .with_context(|| format!("{} not found", hooks::TRACEMALLOC_CONFIG))?;
+            crate::probes::newref::Flag::at(config + hooks::TRACEMALLOC_TRACING)
+        }
+        // 3.12 moved the flag into `_PyRuntime`, where it has no symbol of its own (no
+        // optimized 3.12 build is at hand to find it by).
+        12 => bail!(
             "Python {} keeps the tracemalloc flag inside _PyRuntime",
             interp.version
-        );
+        ),
+        _ => {
+            let code = |name: &str| -> Result<(u64, &[u8])> {
+                let (vaddr, size) = bin
+                    .symbol(name)
+                    .with_context(|| format!("{name} not found"))?;
+                Ok((
+                    vaddr,
+                    bin.bytes_at(vaddr, size.max(1))
+                        .with_context(|| format!("no code for {name}"))?,
+                ))
+            };
+            let (nv, new_ref) = code(hooks::NEW_REFERENCE[0])?;
+            let (sv, set) = code(hooks::SET_REF_TRACER)?;
+            let (runtime, _) = bin.symbol("_PyRuntime").context("_PyRuntime not found")?;
+            crate::probes::newref::tracer_flag(new_ref, nv, set, sv, runtime).with_context(
+                || {
+                    format!(
+                        "{} does not test the reference tracer {} sets",
+                        hooks::NEW_REFERENCE[0],
+                        hooks::SET_REF_TRACER
+                    )
+                },
+            )?
+        }
+    };
+    let mut found = crate::probes::newref::find(text, text_vaddr, flag);
+    // The exported copies are probed at their entry (`birth_arg0`), which also sees the
+    // calls that were not inlined (Debian's shared libpython3.13+ inlines few): their own
+    // test is not a site.
+    let mut probes = vec![];
+    let mut exported = vec![];
+    for name in hooks::NEW_REFERENCE {
+        if let Some((vaddr, size)) = bin.symbol(name) {
+            probes.push(entry_probe(
+                bin,
+                name,
+                vaddr,
+                size,
+                Register::RDI,
+                "birth_arg0",
+            )?);
+            exported.push(vaddr..vaddr + size.max(1));
+        }
     }
-    let (config, _) = bin
-        .symbol(hooks::TRACEMALLOC_CONFIG)
-        .with_context(|| format!("{} not found", hooks::TRACEMALLOC_CONFIG))?;
-    let (text_vaddr, text) = bin.section_at(".text").context("no .text section")?;
-    let found = crate::probes::newref::find(text, text_vaddr, config + hooks::TRACEMALLOC_TRACING);
-    if found.sites.len() < MIN_NEWREF_SITES {
+    found
+        .sites
+        .retain(|s| !exported.iter().any(|r| r.contains(&s.vaddr)));
+    if found.sites.len() < MIN_NEWREF_SITES && exported.is_empty() {
         bail!(
-            "only {} inlined copies of _Py_NewReference found",
+            "only {} inlined copies of _Py_NewReference found, and no exported one",
             found.sites.len()
         );
     }
-    let mut probes = vec![];
     for site in &found.sites {
         let point = ProbePoint {
             offset: 0,
@@ -417,6 +457,8 @@ pub fn stack_config(
         timing: timing as u64,
         walk_filter: 0,
         gc_collecting: 0,
+        pidns_dev: 0,
+        pidns_ino: 0,
     })
 }
 
