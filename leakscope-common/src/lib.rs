@@ -191,6 +191,11 @@ pub struct StackConfig {
     /// Address of the main interpreter's `gc.collecting` (an `int`), read at every free to
     /// set `FREE_IN_GC`; 0 = unknown (no flag). Used with and without stacks.
     pub gc_collecting: u64,
+    /// The target's pid namespace (`st_dev`, `st_ino` of `/proc/<pid>/ns/pid`) when it is
+    /// not the host's: the thread id `native_tid_off` is compared with is then the one in
+    /// that namespace (`bpf_get_ns_current_pid_tgid`). 0, 0: the host's.
+    pub pidns_dev: u64,
+    pub pidns_ino: u64,
 }
 
 /// Most types `WALK_TYPES` holds.
@@ -264,7 +269,7 @@ pub mod names {
 const _: () = assert!(size_of::<Event>() == 40 && align_of::<Event>() == 8);
 const _: () = assert!(size_of::<RawFrame>() == 16 && align_of::<RawFrame>() == 8);
 const _: () = assert!(size_of::<RawStack>() == 8 + 16 * MAX_FRAMES && align_of::<RawStack>() == 8);
-const _: () = assert!(size_of::<StackConfig>() == 16 + 11 * 8 && align_of::<StackConfig>() == 8);
+const _: () = assert!(size_of::<StackConfig>() == 16 + 13 * 8 && align_of::<StackConfig>() == 8);
 const _: () = assert!(size_of::<NativeEvent>() == 40 + 32 + NATIVE_STACK_BYTES);
 const _: () = assert!(size_of::<NativeConfig>() == 16 * NATIVE_SKIP_RANGES);
 // The attach cookie keeps a probe's index in its low 16 bits.

@@ -214,6 +214,21 @@ fn read_u64(addr: u64) -> Option<u64> {
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
 }
 
+/// The current thread's id as the target knows it: in its own pid namespace when that is
+/// not the host's (a container), where `native_thread_id` was taken.
+#[inline(always)]
+fn current_tid(cfg: &StackConfig) -> Option<u32> {
+    if cfg.pidns_ino == 0 {
+        return Some(bpf_get_current_pid_tgid() as u32);
+    }
+    let mut info = aya_ebpf::bindings::bpf_pidns_info { pid: 0, tgid: 0 };
+    let size = core::mem::size_of::<aya_ebpf::bindings::bpf_pidns_info>() as u32;
+    let r = unsafe {
+        generated::bpf_get_ns_current_pid_tgid(cfg.pidns_dev, cfg.pidns_ino, &mut info, size)
+    };
+    (r == 0).then_some(info.pid)
+}
+
 /// The thread state of the thread that is allocating (it holds the GIL), validated against
 /// the current thread id where the version records one.
 #[inline(always)]
@@ -234,7 +249,7 @@ fn current_tstate(cfg: &StackConfig) -> Option<u64> {
         return None;
     }
     if cfg.native_tid_off != 0 {
-        let tid = bpf_get_current_pid_tgid() as u32;
+        let tid = current_tid(cfg)?;
         if read_u64(tstate + cfg.native_tid_off)? as u32 != tid {
             return None;
         }

@@ -262,6 +262,9 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
     // Frees inside a collection are flagged (the "cycles" section): the free programs read
     // the main interpreter's `gc.collecting`.
     let mut kernel_config = stack_config.unwrap_or_default();
+    if let Some((dev, ino)) = process.foreign_pid_namespace() {
+        (kernel_config.pidns_dev, kernel_config.pidns_ino) = (dev, ino);
+    }
     kernel_config.gc_collecting = Heap::of(&process, &interp)
         .ok()
         .and_then(|h| h.gc_collecting_addr())

@@ -73,6 +73,19 @@ impl Process {
         }
     }
 
+    /// The target's pid namespace as `(st_dev, st_ino)` of `/proc/<pid>/ns/pid`, when it is
+    /// not ours (a container): its threads know themselves by the ids of that namespace
+    /// (`PyThreadState.native_thread_id`), which the BPF side then asks the kernel for.
+    pub fn foreign_pid_namespace(&self) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        if nspid_depth(&status)? < 2 {
+            return None;
+        }
+        let ns = std::fs::metadata(format!("/proc/{}/ns/pid", self.pid)).ok()?;
+        Some((ns.dev(), ns.ino()))
+    }
+
     pub fn memory(&self) -> Mem {
         std::sync::Arc::new(ProcessMemory { pid: self.pid })
     }
@@ -86,6 +99,13 @@ impl Process {
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         (hz > 0).then(|| ticks as f64 / hz as f64)
     }
+}
+
+/// How many pid namespaces deep a process is: the ids on the `NSpid:` line of its
+/// `/proc/<pid>/status` (1 in the namespace we run in, more in a container's).
+fn nspid_depth(status: &str) -> Option<usize> {
+    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+    Some(line["NSpid:".len()..].split_whitespace().count())
 }
 
 /// Field 15 (`stime`) of a /proc/<pid>/stat line.
@@ -161,6 +181,17 @@ impl Memory for ProcessMemory {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn pid_namespace_depth_from_status() {
+        assert_eq!(
+            nspid_depth("Name:\tpython3\nNSpid:\t31189\t1\nNSsid:\t1\n"),
+            Some(2)
+        );
+        assert_eq!(nspid_depth("NSpid:\t4242\n"), Some(1));
+        assert_eq!(nspid_depth("Name:\tx\n"), None);
+    }
+
     use super::*;
 
     #[test]
