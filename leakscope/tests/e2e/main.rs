@@ -13,3 +13,4 @@ mod overhead;
 mod sites;
 mod support;
 mod trace;
+mod versions;
