@@ -335,7 +335,7 @@ fn allocator_slot_probe(
         .with_context(|| format!("allocator function {func:#x} is not in a mapped file"))?;
     let file_offset = func - m.start + m.offset;
     let path = process.file_of(m);
-    let owner = if m.path == interp.target_path {
+    let owner = if m.path == interp.mapped_path {
         None
     } else {
         Some(crate::target::elf::Binary::open(&path)?)

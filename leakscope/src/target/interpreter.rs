@@ -9,6 +9,8 @@ use anyhow::{Result, bail};
 pub struct Interpreter {
     /// The file as the target names it (inside its root).
     pub target_path: String,
+    /// The file as its mappings show it to us (`Mapping::path`).
+    pub mapped_path: String,
     pub binary: Binary,
     pub version: Version,
     /// Runtime address = file vaddr + bias.
@@ -72,7 +74,8 @@ impl Interpreter {
                 process.comm
             );
         };
-        let target_path = mapping.path.clone();
+        let mapped_path = mapping.path.clone();
+        let target_path = process.as_target_sees(&mapped_path);
         let binary = Binary::open(&process.file_of(mapping))?;
         let Some((major, minor, patch)) = binary.python_version(file_minor) else {
             bail!("cannot tell the Python version of {target_path}");
@@ -97,7 +100,7 @@ impl Interpreter {
                 cpython::debug_offsets::free_threaded(version)
             );
         }
-        let mine: Vec<&Mapping> = maps.iter().filter(|m| m.path == target_path).collect();
+        let mine: Vec<&Mapping> = maps.iter().filter(|m| m.path == mapped_path).collect();
         let base = mapping.start;
         let bias = if binary.is_shared_object {
             base - binary.first_load_vaddr()
@@ -107,6 +110,7 @@ impl Interpreter {
         let ranges = mine.iter().map(|m| (m.start, m.end)).collect();
         Ok(Interpreter {
             target_path,
+            mapped_path,
             binary,
             version,
             bias,

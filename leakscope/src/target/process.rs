@@ -86,6 +86,19 @@ impl Process {
         Some((ns.dev(), ns.ino()))
     }
 
+    /// A mapped file's path as the target sees it: a chroot's maps show our path of the
+    /// file (`/srv/root/usr/bin/python3`), which the target knows as `/usr/bin/python3`.
+    pub fn as_target_sees(&self, path: &str) -> String {
+        let root = std::fs::read_link(format!("/proc/{}/root", self.pid)).ok();
+        match root.as_ref().and_then(|r| r.to_str()) {
+            Some(r) if r != "/" => match path.strip_prefix(r) {
+                Some(rest) if rest.starts_with('/') => rest.to_string(),
+                _ => path.to_string(),
+            },
+            _ => path.to_string(),
+        }
+    }
+
     pub fn memory(&self) -> Mem {
         std::sync::Arc::new(ProcessMemory { pid: self.pid })
     }
