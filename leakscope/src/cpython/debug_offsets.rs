@@ -718,6 +718,29 @@ mod tests {
         }
     }
 
+    /// Detection from the binary: every sid file's version, read from its `.rodata` (how
+    /// `Interpreter::find` reads it) and from its `_Py_DebugOffsets`, agree.
+    #[test]
+    #[ignore = "needs the sid root scripts/setup builds; `cargo xtask test` runs it"]
+    fn sid_files_versions_from_rodata_and_offsets_agree() {
+        let sid = std::env::var("LEAKSCOPE_SID_ROOT")
+            .unwrap_or_else(|_| "/var/cache/leakscope/sid".into());
+        for minor in [13, 14, 15] {
+            for file in [
+                format!("usr/bin/python3.{minor}"),
+                format!("usr/lib/x86_64-linux-gnu/libpython3.{minor}.so.1.0"),
+            ] {
+                let path = std::path::Path::new(&sid).join(&file);
+                let bin = crate::target::elf::Binary::open(&path)
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                let (major, m, patch) = bin.python_version(Some(minor)).expect(&file);
+                let raw = parse(bin.section(".PyRuntime").unwrap(), minor).expect(&file);
+                assert_eq!(raw.release(), (major, m, patch), "{file}");
+                assert!(!raw.free_threaded, "{file}");
+            }
+        }
+    }
+
     #[test]
     fn stack_layout_refuses_disagreement() {
         let mut bytes = fixture_313();

@@ -34,7 +34,7 @@ pub use object::*;
 pub use strings::*;
 
 /// Versions `trace` supports; anything else is refused with this list in the message.
-pub const SUPPORTED: &str = "3.9 to 3.15 (default GIL builds)";
+pub const SUPPORTED: &str = "3.9, 3.10, 3.11, 3.12, 3.13, 3.14 and 3.15, default (GIL) builds";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Version {

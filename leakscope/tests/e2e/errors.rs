@@ -47,7 +47,7 @@ fn unsupported_version_names_the_supported_ones() {
     let run = leakscope(&["trace", "--pid", &target.pid.to_string()], QUICK);
     one_line_error(
         &run,
-        "runs Python 3.8.18, which leakscope does not support (supported: 3.9, 3.10, 3.11, 3.12 and 3.13)",
+        "runs Python 3.8.18, which leakscope does not support (supported: 3.9, 3.10, 3.11, 3.12, 3.13, 3.14 and 3.15, default (GIL) builds)",
     );
 }
 

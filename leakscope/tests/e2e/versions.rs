@@ -1,9 +1,9 @@
 //! The version matrix: one leak test (`leak_matrix.py`: a class and a builtin leaking at
 //! known lines, churn beside them) against every interpreter this machine has, each build
 //! the way people run it: pyenv's shared builds, Debian's static `python3.11`, and Debian
-//! sid's 3.13–3.15 as static executables and as `libpython3.X.so` embedded in a C program.
-//! The sid ones run in the sid root file system `scripts/setup` builds, chrooted and in their
-//! own pid namespace (a container, traced by its host pid). Ends with a printed matrix of
+//! sid's 3.13–3.15 and bullseye's 3.9 as static executables and as `libpython3.X.so`
+//! embedded in a C program. Those run in the Debian root file systems `scripts/setup`
+//! builds, chrooted and in their own pid namespace (a container, traced by its host pid). Ends with a printed matrix of
 //! version × build × pass/fail; any failure fails the test.
 use crate::support::*;
 use serde_json::Value;
@@ -13,14 +13,16 @@ use std::process::Command;
 const RATE: f64 = 300.0;
 const SCRIPT: &str = "leak_matrix.py";
 
-/// The sid root file system (`scripts/setup`; `LEAKSCOPE_SID_ROOT` overrides).
-pub fn sid_root() -> PathBuf {
+/// A Debian root file system `scripts/setup` builds: `sid` (3.13–3.15) or `bullseye`
+/// (3.9); `LEAKSCOPE_SID_ROOT`/`LEAKSCOPE_BULLSEYE_ROOT` override where.
+pub fn debian_root(suite: &str, minor: u32) -> PathBuf {
+    let var = format!("LEAKSCOPE_{}_ROOT", suite.to_uppercase());
     let root = PathBuf::from(
-        std::env::var("LEAKSCOPE_SID_ROOT").unwrap_or_else(|_| "/var/cache/leakscope/sid".into()),
+        std::env::var(var).unwrap_or_else(|_| format!("/var/cache/leakscope/{suite}")),
     );
     assert!(
-        root.join("usr/bin/python3.15").exists(),
-        "{} has no python3.15: run scripts/setup (it builds the sid root file system)",
+        root.join(format!("usr/bin/python3.{minor}")).exists(),
+        "{} has no python3.{minor}: run scripts/setup (it builds the {suite} root file system)",
         root.display()
     );
     root
@@ -30,10 +32,10 @@ pub fn sid_root() -> PathBuf {
 enum Build {
     /// An interpreter on this machine, run directly.
     Host(PathBuf),
-    /// `/usr/bin/python3.X` of the sid root, chrooted, in a new pid namespace.
-    SidStatic(u32),
-    /// `libpython3.X.so.1.0` of the sid root, embedded in `tests/ext/embed.c`.
-    SidEmbedded(u32),
+    /// `/usr/bin/python3.X` of a Debian root (suite), chrooted, in a new pid namespace.
+    Static(&'static str, u32),
+    /// `libpython3.X.so.1.0` of a Debian root, embedded in `tests/ext/embed.c`, the same way.
+    Embedded(&'static str, u32),
 }
 
 struct Case {
@@ -62,52 +64,99 @@ fn cases() -> Vec<Case> {
         build: "static LTO+PGO (Debian 12)",
         how: Build::Host(debian_python()),
     });
-    for (label, minor) in [("3.13", 13), ("3.14", 14), ("3.15", 15)] {
+    for (label, suite, minor, static_build, embedded) in [
+        (
+            "3.9",
+            "bullseye",
+            9,
+            "static LTO+PGO (Debian 11, container)",
+            "shared libpython, embedded (Debian 11, container)",
+        ),
+        (
+            "3.13",
+            "sid",
+            13,
+            "static LTO+PGO (sid, container)",
+            "shared libpython, embedded (sid, container)",
+        ),
+        (
+            "3.14",
+            "sid",
+            14,
+            "static LTO+PGO (sid, container)",
+            "shared libpython, embedded (sid, container)",
+        ),
+        (
+            "3.15",
+            "sid",
+            15,
+            "static LTO+PGO (sid, container)",
+            "shared libpython, embedded (sid, container)",
+        ),
+    ] {
         v.push(Case {
             label,
-            build: "static LTO+PGO (sid, container)",
-            how: Build::SidStatic(minor),
+            build: static_build,
+            how: Build::Static(suite, minor),
         });
         v.push(Case {
             label,
-            build: "shared libpython, embedded (sid, container)",
-            how: Build::SidEmbedded(minor),
+            build: embedded,
+            how: Build::Embedded(suite, minor),
         });
     }
     v
 }
 
-/// `tests/ext/embed.c` built against sid's `libpython3.X` into `dir` (inside the sid root).
-/// Only the Python headers come from sid: its C library headers would clash with ours, so
-/// an include directory holding just sid's `x86_64-linux-gnu/python3.X` is made.
+/// `tests/ext/embed.c` built against a Debian root's `libpython3.X` into `dir` (inside that
+/// root). Only the Python headers come from the root: its C library headers would clash with
+/// ours, so an include directory holding just its `x86_64-linux-gnu/python3.X` is made.
 fn build_embed(root: &Path, minor: u32, dir: &Path) -> PathBuf {
-    let inc = dir.join("include/x86_64-linux-gnu");
-    std::fs::create_dir_all(&inc).unwrap();
-    let arch = root.join(format!("usr/include/x86_64-linux-gnu/python3.{minor}"));
-    let link = inc.join(format!("python3.{minor}"));
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&arch, &link).unwrap();
     let out = dir.join(format!("embed3.{minor}"));
-    let status = Command::new("cc")
-        .arg("-O2")
-        .arg(format!(
-            "-I{}",
-            root.join(format!("usr/include/python3.{minor}")).display()
-        ))
-        .arg(format!("-I{}", dir.join("include").display()))
-        .arg(repo().join("tests/ext/embed.c"))
-        .arg("-o")
-        .arg(&out)
-        .arg(format!(
-            "-L{}",
-            root.join("usr/lib/x86_64-linux-gnu").display()
-        ))
-        .arg(format!("-lpython3.{minor}"))
-        // sid's libpython needs a newer C library than ours: resolved in the chroot.
-        .arg("-Wl,--allow-shlib-undefined")
-        .status()
-        .expect("running cc");
-    assert!(status.success(), "building embed.c against 3.{minor}");
+    let inside = |p: &Path| format!("/{}", p.strip_prefix(root).unwrap().display());
+    let status = if root.join("usr/bin/gcc").exists() {
+        // A root whose C library is older than ours (bullseye) builds it itself.
+        std::fs::copy(repo().join("tests/ext/embed.c"), dir.join("embed.c")).unwrap();
+        Command::new("chroot")
+            .arg(root)
+            .arg("gcc")
+            .arg("-O2")
+            .arg(format!("-I/usr/include/python3.{minor}"))
+            .arg(inside(&dir.join("embed.c")))
+            .arg("-o")
+            .arg(inside(&out))
+            .arg(format!("-lpython3.{minor}"))
+            .status()
+    } else {
+        let inc = dir.join("include/x86_64-linux-gnu");
+        std::fs::create_dir_all(&inc).unwrap();
+        let arch = root.join(format!("usr/include/x86_64-linux-gnu/python3.{minor}"));
+        let link = inc.join(format!("python3.{minor}"));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&arch, &link).unwrap();
+        Command::new("cc")
+            .arg("-O2")
+            .arg(format!(
+                "-I{}",
+                root.join(format!("usr/include/python3.{minor}")).display()
+            ))
+            .arg(format!("-I{}", dir.join("include").display()))
+            .arg(repo().join("tests/ext/embed.c"))
+            .arg("-o")
+            .arg(&out)
+            .arg(format!(
+                "-L{}",
+                root.join("usr/lib/x86_64-linux-gnu").display()
+            ))
+            .arg(format!("-lpython3.{minor}"))
+            // sid's libpython needs a newer C library than ours: resolved in the chroot.
+            .arg("-Wl,--allow-shlib-undefined")
+            .status()
+    };
+    assert!(
+        status.expect("running the C compiler").success(),
+        "building embed.c against 3.{minor}"
+    );
     out
 }
 
@@ -136,10 +185,10 @@ fn start_case(how: &Build, work: &Path) -> (Target, u32) {
             let pid = t.pid;
             (t, pid)
         }
-        Build::SidStatic(minor) | Build::SidEmbedded(minor) => {
-            let root = sid_root();
+        Build::Static(suite, minor) | Build::Embedded(suite, minor) => {
+            let root = debian_root(suite, *minor);
             let exe = match how {
-                Build::SidStatic(_) => format!("/usr/bin/python3.{minor}"),
+                Build::Static(..) => format!("/usr/bin/python3.{minor}"),
                 _ => {
                     let built = build_embed(&root, *minor, work);
                     format!("/{}", built.strip_prefix(&root).unwrap().display())
@@ -155,7 +204,7 @@ fn start_case(how: &Build, work: &Path) -> (Target, u32) {
                 .arg("chroot")
                 .arg(&root)
                 .arg(&exe)
-                .args(if matches!(how, Build::SidStatic(_)) {
+                .args(if matches!(how, Build::Static(..)) {
                     &["-u"][..]
                 } else {
                     &[][..]
@@ -175,8 +224,9 @@ fn start_case(how: &Build, work: &Path) -> (Target, u32) {
 fn check_case(case: &Case) -> Result<String, String> {
     let work = match case.how {
         Build::Host(_) => tempdir("matrix"),
-        _ => {
-            let d = sid_root().join(format!("tmp/leakscope-matrix-{}", std::process::id()));
+        Build::Static(suite, minor) | Build::Embedded(suite, minor) => {
+            let d = debian_root(suite, minor)
+                .join(format!("tmp/leakscope-matrix-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&d);
             std::fs::create_dir_all(&d).unwrap();
             d
@@ -196,8 +246,10 @@ fn check_case(case: &Case) -> Result<String, String> {
     if !matches!(case.how, Build::Host(_)) {
         // paths as the target sees them, not the host's way to them
         let shown = match case.how {
-            Build::SidStatic(m) => format!("in /usr/bin/python3.{m};"),
-            Build::SidEmbedded(m) => format!("in /usr/lib/x86_64-linux-gnu/libpython3.{m}.so.1.0;"),
+            Build::Static(_, m) => format!("in /usr/bin/python3.{m};"),
+            Build::Embedded(_, m) => {
+                format!("in /usr/lib/x86_64-linux-gnu/libpython3.{m}.so.1.0;")
+            }
             Build::Host(_) => unreachable!(),
         };
         if !run.stderr.contains(&shown) {
@@ -268,11 +320,11 @@ fn every_version_and_build_finds_the_leaks_at_their_lines() {
         rows.push((case.label, case.build, result));
     }
     println!("\nversion matrix ({SCRIPT}: a class and a dict leaking at {RATE}/s, churn):");
-    println!("{:<8} {:<10} {:<46} result", "version", "release", "build");
+    println!("{:<8} {:<10} {:<50} result", "version", "release", "build");
     for (label, build, result) in &rows {
         match result {
-            Ok(v) => println!("{label:<8} {v:<10} {build:<46} pass"),
-            Err(e) => println!("{label:<8} {:<10} {build:<46} FAIL: {e}", "?"),
+            Ok(v) => println!("{label:<8} {v:<10} {build:<50} pass"),
+            Err(e) => println!("{label:<8} {:<10} {build:<50} FAIL: {e}", "?"),
         }
     }
     let failed: Vec<_> = rows.iter().filter(|r| r.2.is_err()).collect();
