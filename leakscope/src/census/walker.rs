@@ -279,8 +279,13 @@ impl<'a> Walker<'a> {
         for interp in self.interpreters() {
             census.stats.interpreters += 1;
             let gc = interp + self.layout.interp_gc;
+            let generation0 = self
+                .layout
+                .generation0
+                .and_then(|f| self.heap.mem.u64(gc + f).ok());
+            let first = self.layout.generations_at(gc, generation0);
             let heads: Vec<u64> = (0..3)
-                .map(|g| gc + self.layout.generations + g * cpython::GC_GENERATION_SIZE)
+                .map(|g| gc + first + g * cpython::GC_GENERATION_SIZE)
                 .chain([gc + self.layout.permanent])
                 .collect();
             for &head in &heads {

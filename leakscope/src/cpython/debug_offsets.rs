@@ -416,17 +416,19 @@ impl Raw {
     pub fn gc_layout(&self) -> Result<GcLayout, String> {
         let size = self.get("gc.size");
         let minor = self.release().1;
-        let (generations, permanent, garbage) = gc_lists(minor, size).ok_or_else(|| {
-            format!(
-                "Python 3.{minor}: a GC state of {size} bytes is not one leakscope knows \
+        let (generations, generation0, permanent, garbage) =
+            gc_lists(minor, size).ok_or_else(|| {
+                format!(
+                    "Python 3.{minor}: a GC state of {size} bytes is not one leakscope knows \
                  (its generation lists are not in _Py_DebugOffsets); not reading"
-            )
-        })?;
+                )
+            })?;
         Ok(GcLayout {
             interpreters_head: self.get("runtime_state.interpreters_head"),
             interp_next: self.get("interpreter_state.next"),
             interp_gc: self.get("interpreter_state.gc"),
             generations,
+            generation0,
             permanent,
             collecting: self.get("gc.collecting"),
             garbage,
@@ -439,16 +441,18 @@ impl Raw {
 pub const STACKREF_TAG_BITS: u64 = 3;
 
 /// `struct _gc_runtime_state` list heads by `(minor, sizeof)`: (first of the three
-/// generations, each `GC_GENERATION_SIZE` on, `permanent_generation`, `garbage`).
+/// generations, each `GC_GENERATION_SIZE` on, the `generation0` pointer that places them
+/// in the target, `permanent_generation`, `garbage`).
 /// 3.13.0: 240 bytes (`pycore_gc.h:282-310`). 3.14.0–3.14.4 (incremental: `young`,
 /// `old[2]`, 240 bytes) and 3.14.5+ (generations again, gh-142516, 264 bytes:
 /// 3.14.10 `internal/pycore_interp_structs.h:203-266`) keep the heads at the same offsets.
 /// 3.15.0b1+ (176 bytes, `:225-269`) dropped the trash fields in front.
-pub fn gc_lists(minor: u32, size: u64) -> Option<(u64, u64, u64)> {
+pub fn gc_lists(minor: u32, size: u64) -> Option<(u64, Option<u64>, u64, u64)> {
     Some(match (minor, size) {
-        (13, 240) => (24, 104, 208),
-        (14, 240 | 264) => (24, 96, 200),
-        (15, 176) => (8, 80, 128),
+        (13, 240) => (24, Some(96), 104, 208),
+        (14, 240) => (24, None, 96, 200),
+        (14, 264) => (24, Some(256), 96, 200),
+        (15, 176) => (8, Some(168), 80, 128),
         _ => return None,
     })
 }
@@ -664,6 +668,7 @@ mod tests {
                     interp_next: 7272,
                     interp_gc: 7408,
                     generations: 24,
+                    generation0: Some(256),
                     permanent: 96,
                     collecting: 192,
                     garbage: 200,
@@ -674,6 +679,7 @@ mod tests {
                     interp_next: 7264,
                     interp_gc: 7400,
                     generations: 8,
+                    generation0: Some(168),
                     permanent: 80,
                     collecting: 112,
                     garbage: 128,

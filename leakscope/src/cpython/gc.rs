@@ -17,6 +17,11 @@ pub struct GcLayout {
     /// `GC_GENERATION_SIZE` on; 3.14.0–3.14.4's incremental `young`, `old[2]`), the
     /// `permanent_generation` head (`gc.freeze`), `collecting` and `garbage`.
     pub generations: u64,
+    /// `_gc_runtime_state.generation0` (a pointer to the first generation's head), read
+    /// in the target to place the generations: 3.13.x moved them from +24 to +20 when
+    /// `PyGC_Head` became `Py_ALIGNED(4)` (sid's 3.13.18 `internal/pycore_gc.h:22`; the size
+    /// of the state did not change). `None`: the build has none (3.14.0–3.14.4).
+    pub generation0: Option<u64>,
     pub permanent: u64,
     pub collecting: u64,
     pub garbage: u64,
@@ -39,6 +44,7 @@ pub fn gc_layout(v: Version) -> Option<GcLayout> {
         interp_next,
         interp_gc,
         generations: GC_GENERATIONS,
+        generation0: Some(GC_GENERATION0),
         permanent: GC_PERMANENT,
         collecting: GC_COLLECTING,
         garbage: GC_GARBAGE,
@@ -48,6 +54,8 @@ pub fn gc_layout(v: Version) -> Option<GcLayout> {
 // `struct _gc_runtime_state`: the same in 3.9–3.13 (DWARF); 3.14+: `debug_offsets::gc_lists`.
 /// `_gc_runtime_state.generations[3]`.
 pub const GC_GENERATIONS: u64 = 24;
+/// `_gc_runtime_state.generation0` (3.9–3.13, DWARF: after the three generations).
+pub const GC_GENERATION0: u64 = 96;
 /// `sizeof(struct gc_generation)`: list head (a `PyGC_Head`, 16), threshold, count.
 pub const GC_GENERATION_SIZE: u64 = 24;
 /// `_gc_runtime_state.permanent_generation` (`gc.freeze`).
@@ -62,6 +70,18 @@ pub const GC_GARBAGE: u64 = 208;
 /// `_PyGC_PREV_SHIFT` (2); `_gc_next`'s lowest bit is the collector's
 /// `NEXT_MASK_UNREACHABLE` (3.13.0 `internal/pycore_gc.h:145-150, 172`; 3.9.18 `:36-43`).
 pub const GC_LINK_FLAGS: u64 = 3;
+
+impl GcLayout {
+    /// Where the three generation heads start in a GC state at `gc`, given the value of its
+    /// `generation0` pointer (`None`: unread): that pointer when it points inside the state
+    /// with room for the three before the field, else the layout's `generations`.
+    pub fn generations_at(&self, gc: u64, generation0: Option<u64>) -> u64 {
+        match (self.generation0, generation0) {
+            (Some(field), Some(p)) if p > gc && p - gc + 3 * GC_GENERATION_SIZE <= field => p - gc,
+            _ => self.generations,
+        }
+    }
+}
 
 /// The `PyGC_Head*` a `_gc_next` word points at, flag bits cleared.
 pub fn gc_next_ptr(word: u64) -> u64 {
@@ -99,6 +119,19 @@ pub mod window {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generations_placed_by_the_targets_own_pointer() {
+        let l = gc_layout(crate::cpython::tests::v(13)).unwrap();
+        let gc = 0xb2ecf0;
+        // sid's 3.13.18: generation0 = gc + 20 (PyGC_Head aligned to 4)
+        assert_eq!(l.generations_at(gc, Some(gc + 20)), 20);
+        assert_eq!(l.generations_at(gc, Some(gc + 24)), 24);
+        // unread, null, or pointing anywhere else: the table's
+        for p in [None, Some(0), Some(gc + 90), Some(gc - 8)] {
+            assert_eq!(l.generations_at(gc, p), 24, "{p:?}");
+        }
+    }
 
     #[test]
     fn link_flag_bits() {
