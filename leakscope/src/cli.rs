@@ -75,8 +75,9 @@ C types without GC support are not on those lists (`leakscope trace` sees them).
 Each snapshot also walks pymalloc's arenas (the allocator section): live blocks per size
 class, and objects of the types without GC support (str, int, float, bytes, ...) found in
 its blocks, with their change. It sees only blocks of at most 512 bytes (larger ones come
-from malloc). On a stripped build whose debug file is not installed (3.9-3.11 need the
-file-static `arenas` symbol) the report says so and the GC census runs alone.
+from malloc). Where the arena table cannot be found (a 3.9-3.11 build stripped of its
+`arenas` symbol whose code does not show it either; 3.14+, whose per-interpreter pointer
+to it is in no table yet) the report says so and the GC census runs alone.
 Without --pause the target keeps running and the counts are as of a moving heap.
 With --pause the target is stopped (SIGSTOP) for the walk and always resumed (SIGCONT);
 the report says for how long.")]

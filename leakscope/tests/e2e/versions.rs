@@ -219,7 +219,8 @@ fn start_case(how: &Build, work: &Path) -> (Target, u32) {
     }
 }
 
-/// One case: the class and the dict leak at their lines and rate, nothing else grows.
+/// One case: the class and the dict leak at their lines and rate, nothing else grows, and
+/// the census finds the instances on the GC lists.
 /// Returns the interpreter's version (from leakscope's attach line).
 fn check_case(case: &Case) -> Result<String, String> {
     let work = match case.how {
@@ -234,6 +235,12 @@ fn check_case(case: &Case) -> Result<String, String> {
     };
     let (target, pid) = start_case(&case.how, &work);
     let run = trace(pid, 10, &[]);
+    // The census reads the same heap through this version's GC lists: every instance
+    // made so far (over 10 s at RATE) is on them.
+    let census = leakscope(
+        &["census", "--pid", &pid.to_string(), "--json"],
+        std::time::Duration::from_secs(60),
+    );
     drop(target);
     let _ = std::fs::remove_dir_all(&work);
     let version = run
@@ -261,6 +268,18 @@ fn check_case(case: &Case) -> Result<String, String> {
     }
     let last = run.last();
     let mut problems = vec![];
+    let sessions = census
+        .reports()
+        .last()
+        .and_then(|r| row(r, "__main__.Session").and_then(|t| t["objects"].as_u64()))
+        .unwrap_or(0);
+    if census.code != Some(0) || (sessions as f64) < 10.0 * RATE * 0.9 {
+        problems.push(format!(
+            "census: {sessions} instances on the GC lists ({:?}: {})",
+            census.code,
+            census.stderr.trim()
+        ));
+    }
     for (name, marker) in [("__main__.Session", "LEAK-CLASS"), ("dict", "LEAK-DICT")] {
         let Some(t) = row(&last, name) else {
             problems.push(format!("{name} not reported"));
