@@ -27,6 +27,14 @@ pub const EVENT_NATIVE_FREE: u32 = 4;
 /// aligned allocators) and anonymous mappings. Real type pointers are never this small.
 pub const NATIVE_HEAP: u64 = 1;
 pub const NATIVE_MMAP: u64 = 2;
+/// Blocks an extension took from the interpreter's `PyMem_Malloc` family (pymalloc's pools
+/// for small sizes: no C library chunk header in front of them).
+pub const NATIVE_PYMEM: u64 = 3;
+
+/// Whether a `type_ptr` is one of the native pseudo-types above.
+pub const fn is_native(type_ptr: u64) -> bool {
+    matches!(type_ptr, NATIVE_HEAP | NATIVE_MMAP | NATIVE_PYMEM)
+}
 
 /// What a native entry probe's function takes (the attach cookie's bits 16..24; bits 0..16
 /// are the probe's index). For `birth_reg` those bits are the register that holds the new
@@ -38,6 +46,15 @@ pub const NATIVE_MEMALIGN: u32 = 4; // (align, size): memalign, aligned_alloc
 pub const NATIVE_POSIX_MEMALIGN: u32 = 5; // (&ptr, align, size) -> 0
 pub const NATIVE_MMAP_CALL: u32 = 6; // (addr, len, prot, flags, fd, off): anonymous only
 pub const NATIVE_VALLOC: u32 = 7; // (size): valloc, pvalloc
+/// Or'ed into a kind: the function is the interpreter's `PyMem_Malloc`/`Calloc`/`Realloc`
+/// (its block is a `NATIVE_PYMEM`).
+pub const NATIVE_PYMEM_DOMAIN: u32 = 0x80;
+/// Or'ed into a kind: one of the interpreter's `PyMem_*` allocators, which may tail-call
+/// into the C library's on the same stack pointer; the inner entry then shares the outer
+/// one's record.
+pub const NATIVE_VIA_INTERPRETER: u32 = 0x40;
+/// The argument layout part of a kind.
+pub const NATIVE_KIND_MASK: u32 = 0x3f;
 pub const COOKIE_KIND_SHIFT: u32 = 16;
 /// `struct pt_regs` word indices (arch/x86/include/asm/ptrace.h, x86_64).
 pub const REG_R15: u32 = 0;
@@ -247,6 +264,8 @@ pub mod names {
     pub const NATIVE_FREE: &str = "native_free";
     /// Birth at a jump inside an inlined `_Py_NewReference`: the object is in a register.
     pub const BIRTH_REG: &str = "birth_reg";
+    /// Spawn mode: stops the started program at its entry point (not a tracing program).
+    pub const SPAWN_STOP: &str = "spawn_stop";
     pub const PROGRAMS: [&str; 8] = [
         BIRTH_ARG0,
         BIRTH_RET,

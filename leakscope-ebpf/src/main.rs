@@ -23,10 +23,11 @@ use leakscope_common::{
     COOKIE_KIND_SHIFT, COOKIE_PROBE_MASK, DROP_FRAME_READ_FAILED, DROP_KINDS, DROP_NATIVE_STACK,
     DROP_NO_TSTATE, DROP_READ_FAILED, DROP_RINGBUF_FULL, DROP_STACK_MAP_FULL, EVENT_BIRTH,
     EVENT_FREE, EVENT_NATIVE_ALLOC, EVENT_NATIVE_FREE, Event, FRAME_WINDOW_WORDS, FREE_IN_GC,
-    MAX_FRAMES, MAX_PROBES, MAX_WALK_TYPES, NATIVE_CALLOC, NATIVE_HEAP, NATIVE_MALLOC,
-    NATIVE_MEMALIGN, NATIVE_MMAP, NATIVE_MMAP_CALL, NATIVE_POSIX_MEMALIGN, NATIVE_REALLOC,
-    NATIVE_SKIP_RANGES, NATIVE_STACK_BYTES, NATIVE_VALLOC, NO_OFFSET, NativeConfig, NativeEvent,
-    RawFrame, RawStack, StackConfig, WALK_COUNT, WALK_FILTERED, WALK_FRAMES, WALK_NATIVE_SKIPPED,
+    MAX_FRAMES, MAX_PROBES, MAX_WALK_TYPES, NATIVE_CALLOC, NATIVE_HEAP, NATIVE_KIND_MASK,
+    NATIVE_MALLOC, NATIVE_MEMALIGN, NATIVE_MMAP, NATIVE_MMAP_CALL, NATIVE_POSIX_MEMALIGN,
+    NATIVE_PYMEM, NATIVE_PYMEM_DOMAIN, NATIVE_REALLOC, NATIVE_SKIP_RANGES, NATIVE_STACK_BYTES,
+    NATIVE_VALLOC, NATIVE_VIA_INTERPRETER, NO_OFFSET, NativeConfig, NativeEvent, RawFrame,
+    RawStack, StackConfig, WALK_COUNT, WALK_FILTERED, WALK_FRAMES, WALK_NATIVE_SKIPPED,
     WALK_NATIVE_UNPAIRED, WALK_NS, WALK_SLOTS, WALK_TRUNCATED,
 };
 
@@ -464,7 +465,15 @@ struct NativeArgs {
     size: u64,
     /// `realloc`'s old block; `posix_memalign`'s result pointer.
     ptr: u64,
+    /// When the entry ran, and how many more allocators were entered on the same stack
+    /// pointer since (`PyMem_Malloc` tail-calling to `malloc`): their returns are one.
+    at_ns: u64,
+    nested: u64,
 }
+
+/// An entry at the same (thread, stack pointer) this soon after a `PyMem_*` one is its tail
+/// call; an older record is a leftover whose return was never seen (detached mid-call).
+const NESTED_NS: u64 = 1_000_000;
 
 /// By thread and the stack pointer at entry (the return sees it 8 higher): a nested call on
 /// the same thread (glibc's `realloc(NULL, n)` calls `malloc`) has its own key. LRU, so an
@@ -493,7 +502,7 @@ fn user_sp<C: EbpfContext>(ctx: &C) -> u64 {
 pub fn native_enter(ctx: ProbeContext) -> u32 {
     let (probe, mut kind) = probe_and_kind(&ctx);
     let arg = |n| ctx.arg::<u64>(n).unwrap_or(0);
-    let (size, ptr) = match kind {
+    let (size, ptr) = match kind & NATIVE_KIND_MASK {
         NATIVE_MALLOC | NATIVE_VALLOC => (arg(0), 0),
         NATIVE_CALLOC => (arg(0).wrapping_mul(arg(1)), 0),
         NATIVE_REALLOC => (arg(1), arg(0)),
@@ -513,11 +522,27 @@ pub fn native_enter(ctx: ProbeContext) -> u32 {
         pid_tgid: bpf_get_current_pid_tgid(),
         sp: user_sp(&ctx),
     };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(outer) = NATIVE_ARGS.get_ptr_mut(&key) {
+        // A tail call from one of the interpreter's allocators keeps its caller's stack
+        // pointer: the outer entry's record stands for both, and the first of the two
+        // returns is skipped. (An older record is a leftover: replaced.)
+        unsafe {
+            if (*outer).kind & NATIVE_VIA_INTERPRETER != 0
+                && now.wrapping_sub((*outer).at_ns) < NESTED_NS
+            {
+                (*outer).nested += 1;
+                return 0;
+            }
+        }
+    }
     let args = NativeArgs {
         kind,
         probe,
         size,
         ptr,
+        at_ns: now,
+        nested: 0,
     };
     let _ = NATIVE_ARGS.insert(&key, &args, 0);
     0
@@ -533,9 +558,16 @@ pub fn native_ret(ctx: RetProbeContext) -> u32 {
         pid_tgid: bpf_get_current_pid_tgid(),
         sp: regs.rsp.wrapping_sub(8),
     };
-    let Some(args) = (unsafe { NATIVE_ARGS.get(&key) }).copied() else {
+    let Some(stored) = NATIVE_ARGS.get_ptr_mut(&key) else {
         add(&WALK, WALK_NATIVE_UNPAIRED, 1);
         return 0;
+    };
+    let args = unsafe {
+        if (*stored).nested > 0 {
+            (*stored).nested -= 1;
+            return 0;
+        }
+        *stored
     };
     let _ = NATIVE_ARGS.remove(&key);
     if args.kind == 0 {
@@ -543,8 +575,12 @@ pub fn native_ret(ctx: RetProbeContext) -> u32 {
     }
     let ret = regs.rax;
     let mut addr = ret;
-    let mut type_ptr = NATIVE_HEAP;
-    match args.kind {
+    let mut type_ptr = if args.kind & NATIVE_PYMEM_DOMAIN != 0 {
+        NATIVE_PYMEM
+    } else {
+        NATIVE_HEAP
+    };
+    match args.kind & NATIVE_KIND_MASK {
         NATIVE_REALLOC => {
             // The old block is gone when a new one came back, or when the size was 0.
             if args.ptr != 0 && (ret != 0 || args.size == 0) {
@@ -628,6 +664,16 @@ fn skipped(ip: u64) -> bool {
         }
     }
     false
+}
+
+/// `trace -- PROGRAM` (spawn mode): at the program's entry point, after the loader mapped its
+/// libraries and before any of its code ran, stop it (SIGSTOP) for user space to attach its
+/// probes; user space takes this probe out at once and lets the program go on.
+#[uprobe]
+pub fn spawn_stop(_ctx: ProbeContext) -> u32 {
+    const SIGSTOP: u32 = 19;
+    unsafe { generated::bpf_send_signal(SIGSTOP) };
+    0
 }
 
 /// `free(p)` or `munmap(p, n)`: the native block at `p` is released.

@@ -1,9 +1,10 @@
 //! The command line: clap's raw arguments, and their validation into `config`.
 use crate::config::{CensusConfig, Command, Format, Placement, TraceConfig};
 use crate::model::budget::Budget;
+use crate::output::OutputPath;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -35,6 +36,9 @@ Examples:
   sudo leakscope trace --pid 1234 --overhead 2        a smaller budget: sample less
   sudo leakscope trace --pid 1234 --exact             every birth and death, whatever it costs
   sudo leakscope trace --pid 1234 --native            C-extension memory too (malloc, mmap)
+  sudo leakscope trace --pid 1234 --pprof leaks.pb.gz then: go tool pprof -top leaks.pb.gz
+  sudo leakscope trace --pid 1234 --prometheus 127.0.0.1:9464   findings for Prometheus
+  sudo leakscope trace -- python app.py --port 8080   start it, traced from its first line
 
 Overhead: every probe hit traps into the kernel (about 1 µs, more with a stack walk), so an
 allocation-heavy program would run many times slower traced all the time. leakscope
@@ -110,8 +114,18 @@ struct CensusArgs {
 #[derive(clap::Args)]
 struct TraceArgs {
     /// Process id of the running Python program.
-    #[arg(long, short)]
-    pid: u32,
+    #[arg(
+        long,
+        short,
+        required_unless_present = "command",
+        conflicts_with = "command"
+    )]
+    pid: Option<u32>,
+    /// Instead of --pid: the program to start (after `--`), traced before it runs any
+    /// Python code. Signals leakscope gets are passed on to it; leakscope ends when it does,
+    /// with its exit status.
+    #[arg(last = true, value_name = "PROGRAM ARGS")]
+    command: Vec<std::ffi::OsString>,
     /// Seconds between reports.
     #[arg(long, short, default_value_t = 5.0, value_parser = positive_secs)]
     interval: f64,
@@ -142,11 +156,13 @@ struct TraceArgs {
     #[arg(long)]
     no_stacks: bool,
     /// Also trace native memory: the C library's malloc, calloc, realloc, the aligned
-    /// allocators and anonymous mmap, with free and munmap. Blocks allocated by C
-    /// extensions and the libraries they call are reported as `native heap` / `native
-    /// mmap` rows at mixed stacks (the C functions, then the Python line that called in);
-    /// the interpreter's own allocations (pymalloc's arenas, large objects) are not.
-    /// Off by default: the allocator probes trap on every malloc and free of the process,
+    /// allocators and anonymous mmap, with free and munmap, and the interpreter's PyMem_*
+    /// when an extension calls them. Blocks allocated by C extensions and the libraries
+    /// they call are reported as `native heap` / `native mmap` / `native PyMem` rows at
+    /// mixed stacks (the C functions, then the Python line that called in); the
+    /// interpreter's own allocations (pymalloc's arenas, large objects) are not. A block
+    /// whose address a live extension object keeps (an ndarray's data) counts in that
+    /// object's bytes instead. Off by default: the allocator probes trap on every malloc and free of the process,
     /// and their cost counts in --overhead. Needs the stack walks (not with --no-stacks).
     #[arg(long, conflicts_with = "no_stacks")]
     native: bool,
@@ -159,9 +175,25 @@ struct TraceArgs {
     /// (width = live bytes; the leaf frame is the type, with its live count).
     #[arg(long, value_name = "FILE.svg")]
     flamegraph: Option<PathBuf>,
+    /// Draw the flamegraph as growth: every surviving site's live bytes at the first report
+    /// against the end (inferno's differential flamegraph: width = bytes at the end, red =
+    /// grew, blue = shrank), so that what grew stands out from what was merely alive.
+    #[arg(long, requires = "flamegraph")]
+    diff: bool,
     /// At the end, write the same data as folded stacks (`frame;frame;…;type bytes`).
     #[arg(long, value_name = "FILE")]
     folded: Option<PathBuf>,
+    /// At the end, write the same sites as a gzip-compressed pprof profile (for `go tool
+    /// pprof`, Pyroscope, Parca, Grafana): sample types inuse_objects, inuse_space (the
+    /// default) and growth_objects (per second); the type is the leaf frame; labels type,
+    /// growing, finding. Try `go tool pprof -top FILE` or `-traces`.
+    #[arg(long, value_name = "FILE.pb.gz")]
+    pprof: Option<PathBuf>,
+    /// Serve the latest report's findings at http://ADDR/metrics in Prometheus' text
+    /// format: per site (type, innermost frame, growing) live objects, live bytes and growth
+    /// per second; the estimated overhead and traced fraction. For example 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR:PORT")]
+    prometheus: Option<std::net::SocketAddr>,
     /// Show the BPF programs' own log on stderr: their rare failure paths (a failed read,
     /// an unexpected thread state), each logged once per probe.
     #[arg(long, short)]
@@ -195,24 +227,8 @@ fn top(n: usize) -> Result<usize> {
 
 /// An output file must be writable where it is asked for: checked before attaching, so a
 /// typo does not cost a whole trace.
-fn output_file(flag: &str, path: Option<PathBuf>) -> Result<Option<PathBuf>> {
-    if let Some(p) = &path {
-        let dir = p
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if !dir.is_dir() {
-            bail!(
-                "{flag} {}: no such directory {}",
-                p.display(),
-                dir.display()
-            );
-        }
-        if p.is_dir() {
-            bail!("{flag} {}: is a directory", p.display());
-        }
-    }
-    Ok(path)
+fn output_file(flag: &str, path: Option<PathBuf>) -> Result<Option<OutputPath>> {
+    path.map(|p| OutputPath::check(flag, &p)).transpose()
 }
 
 impl Cli {
@@ -220,7 +236,8 @@ impl Cli {
     pub fn into_config(self) -> Result<Command> {
         Ok(match self.command {
             RawCommand::Trace(a) => Command::Trace(TraceConfig {
-                pid: a.pid,
+                pid: a.pid.unwrap_or(0),
+                command: a.command,
                 interval: Duration::from_secs_f64(a.interval),
                 duration: a.duration.map(Duration::from_secs_f64),
                 format: if a.json { Format::Json } else { Format::Text },
@@ -231,6 +248,9 @@ impl Cli {
                 census_rows: !a.no_census,
                 flamegraph: output_file("--flamegraph", a.flamegraph)?,
                 folded: output_file("--folded", a.folded)?,
+                pprof: output_file("--pprof", a.pprof)?,
+                flamegraph_diff: a.diff,
+                prometheus: a.prometheus,
                 placement: if a.entry_probes {
                     Placement::Entries
                 } else {

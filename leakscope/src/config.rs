@@ -1,6 +1,5 @@
 //! Validated settings for each command, built from the command line by `cli`. Everything
 //! downstream takes these, never clap's raw arguments.
-use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,7 +20,10 @@ pub enum Placement {
 
 #[derive(Clone, Debug)]
 pub struct TraceConfig {
+    /// The process to attach to (0 with `command`).
     pub pid: u32,
+    /// `trace -- PROGRAM ARGS…`: start this instead (spawn mode).
+    pub command: Vec<std::ffi::OsString>,
     pub interval: Duration,
     /// Stop after this long (else until Ctrl-C, SIGTERM or the target's exit).
     pub duration: Option<Duration>,
@@ -35,8 +37,15 @@ pub struct TraceConfig {
     pub native: bool,
     /// On partial builds, add census rows for builtins the probes cannot see.
     pub census_rows: bool,
-    pub flamegraph: Option<PathBuf>,
-    pub folded: Option<PathBuf>,
+    /// `--flamegraph`, `--folded`: checked writable, written safely at the end.
+    pub flamegraph: Option<crate::output::OutputPath>,
+    pub folded: Option<crate::output::OutputPath>,
+    /// `--diff`: the flamegraph shows growth since the first report.
+    pub flamegraph_diff: bool,
+    /// `--prometheus`: where to serve the latest findings.
+    pub prometheus: Option<std::net::SocketAddr>,
+    /// `--pprof`: the same sites as a pprof profile.
+    pub pprof: Option<crate::output::OutputPath>,
     pub placement: Placement,
     /// Show the BPF programs' log (rare failure paths) on stderr.
     pub verbose: bool,
@@ -56,6 +65,8 @@ pub struct CensusConfig {
     pub pause: bool,
 }
 
+// One value per run: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Command {
     Trace(TraceConfig),

@@ -15,12 +15,14 @@
 //! - [`report`]: report data, text, JSON, folded stacks and flamegraphs. Pure.
 //! - [`session`]: the `trace` and `census` commands: the loops that tie the rest together.
 //! - [`config`]: validated settings, built from the command line.
+//! - [`output`]: the files a trace writes: checked before it starts, written safely.
 pub mod census;
 pub mod cli;
 pub mod config;
 pub mod cpython;
 pub mod model;
 pub mod native;
+pub mod output;
 pub mod probes;
 pub mod report;
 pub mod resolve;

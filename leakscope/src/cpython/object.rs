@@ -12,6 +12,9 @@ pub const OB_SIZE: u64 = 16;
 /// `PyTypeObject.tp_name` (3.9–3.13; DWARF). `tp_basicsize` (+32) and `tp_itemsize` (+40)
 /// follow it, so the three are read as one 24-byte block in `resolve/types.rs`.
 pub const TP_NAME: u64 = 24;
+/// `PyTypeObject.tp_dealloc`, the word after `tp_itemsize` (3.9–3.15: `Include/cpython/object.h`
+/// `struct _typeobject`; DWARF on 3.11.7).
+pub const TP_DEALLOC: u64 = 48;
 /// `PyTypeObject.tp_flags` (3.9–3.13; DWARF; also `_Py_DebugOffsets.type_object.tp_flags`).
 pub const TP_FLAGS: u64 = 168;
 /// `PyTypeObject.tp_dict` (3.9–3.13; DWARF).

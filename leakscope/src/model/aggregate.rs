@@ -22,9 +22,14 @@ struct LiveObject {
     epoch: u32,
     /// The interval it was born in (0 = the first after attach): how old it is.
     interval: u32,
-    /// Its own bytes and, within them, what it owns beside itself (a buffer; `set_owned`).
+    /// Its own bytes and, within them, what it owns beside itself: buffers the interpreter
+    /// allocated for it (`set_owned`), and native blocks it holds (`adopt`).
     bytes: u64,
     owned: u64,
+    adopted: u64,
+    /// For a native block: the live object that holds it (0: none), whose bytes count it
+    /// while it does; its own site's counters do not.
+    owner: u64,
     preheader: u64,
     /// What the sampled mode remembers of the object to tell it from a successor at the
     /// same address (`Followed::tag`; 0 = nothing yet).
@@ -89,6 +94,38 @@ impl Counters {
         self.live_bytes += bytes;
         self.births += 1;
         self.interval_births += 1;
+    }
+
+    /// A live object `age` intervals old is now counted with its owner (`adopt`): it leaves
+    /// these counters without dying...
+    fn leave(&mut self, bytes: u64, age: u32) {
+        match self.young.get_mut(age as usize) {
+            Some(n) => *n -= 1,
+            None => self.aged -= 1,
+        }
+        self.live -= 1;
+        self.floor = self.floor.min(self.live);
+        self.live_bytes -= bytes;
+    }
+
+    /// A held object (counted with its owner) died: a death here, its live count already
+    /// left.
+    fn gone(&mut self, age: u32) {
+        if age as usize >= self.young.len() {
+            self.aged_deaths += 1;
+        }
+        self.deaths += 1;
+        self.interval_deaths += 1;
+    }
+
+    /// ...and comes back, as old as it is, when its owner dies before it.
+    fn rejoin(&mut self, bytes: u64, age: u32) {
+        match self.young.get_mut(age as usize) {
+            Some(n) => *n += 1,
+            None => self.aged += 1,
+        }
+        self.live += 1;
+        self.live_bytes += bytes;
     }
 
     /// An object born `age` intervals ago (0: in the current one) died, in a collection of
@@ -177,6 +214,8 @@ pub struct Aggregator {
     pub found_dead: u64,
     /// Intervals closed so far (the history in `times` may be merged; this is not).
     closed: u32,
+    /// The blocks each owner holds (`adopt`).
+    holdings: HashMap<u64, Vec<u64>>,
 }
 
 /// One row of a report: a type's (or a type's at one site) state at a snapshot.
@@ -261,6 +300,22 @@ impl Aggregator {
     fn retire_as(&mut self, addr: u64, in_gc: bool) -> bool {
         let now = self.interval();
         match self.objects.remove(&addr) {
+            Some(o) if o.owner != 0 => {
+                // A held block: it left its own counters' live count when it was adopted;
+                // its death still counts there (live = births − deaths − held).
+                let age = now.saturating_sub(o.interval);
+                for c in [
+                    self.types.get_mut(&o.type_ptr),
+                    self.sites.get_mut(&(o.type_ptr, o.site)),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    c.gone(age);
+                }
+                self.disown(o.owner, addr, o.bytes);
+                true
+            }
             Some(o) => {
                 let age = now.saturating_sub(o.interval);
                 self.types
@@ -271,9 +326,98 @@ impl Aggregator {
                     .get_mut(&(o.type_ptr, o.site))
                     .expect("live object of unknown site")
                     .died(o.bytes, age, in_gc);
+                // Blocks it held and did not free are on their own again (a deallocator
+                // that forgets its native state: that state is the leak).
+                for b in self.holdings.remove(&addr).unwrap_or_default() {
+                    let Some(block) = self.objects.get_mut(&b) else {
+                        continue;
+                    };
+                    block.owner = 0;
+                    let (t, s, bytes) = (block.type_ptr, block.site, block.bytes);
+                    let age = now.saturating_sub(block.interval);
+                    for c in [self.types.get_mut(&t), self.sites.get_mut(&(t, s))]
+                        .into_iter()
+                        .flatten()
+                    {
+                        c.rejoin(bytes, age);
+                    }
+                }
                 true
             }
             None => false,
+        }
+    }
+
+    /// The live object at `owner` holds the live block at `block` (a native allocation whose
+    /// address it keeps: an ndarray's data, an extension object's state): from now until
+    /// either dies, the block's bytes are the owner's, at the owner's type and site, and
+    /// its own site does not count it. False (and nothing changes) when either is not live,
+    /// the block is held already, or the owner is itself a held block.
+    pub fn adopt(&mut self, owner: u64, block: u64) -> bool {
+        if owner == block
+            || self.objects.get(&owner).is_none_or(|o| o.owner != 0)
+            || self.objects.get(&block).is_none_or(|b| b.owner != 0)
+            || self.holdings.contains_key(&block)
+        {
+            return false;
+        }
+        let now = self.interval();
+        let b = self.objects.get_mut(&block).expect("checked");
+        b.owner = owner;
+        let (t, s, bytes, age) = (b.type_ptr, b.site, b.bytes, now.saturating_sub(b.interval));
+        for c in [self.types.get_mut(&t), self.sites.get_mut(&(t, s))]
+            .into_iter()
+            .flatten()
+        {
+            c.leave(bytes, age);
+        }
+        let o = self.objects.get_mut(&owner).expect("checked");
+        o.bytes += bytes;
+        o.adopted += bytes;
+        let (t, s) = (o.type_ptr, o.site);
+        for c in [self.types.get_mut(&t), self.sites.get_mut(&(t, s))]
+            .into_iter()
+            .flatten()
+        {
+            c.live_bytes += bytes;
+        }
+        self.holdings.entry(owner).or_default().push(block);
+        true
+    }
+
+    /// Native blocks held by live objects now, and their bytes.
+    pub fn held(&self) -> (u64, u64) {
+        self.holdings
+            .values()
+            .flatten()
+            .filter_map(|b| self.objects.get(b))
+            .fold((0, 0), |(n, bytes), b| (n + 1, bytes + b.bytes))
+    }
+
+    /// Whether the live object at `addr` is held by another (`adopt`).
+    pub fn is_held(&self, addr: u64) -> bool {
+        self.objects.get(&addr).is_some_and(|o| o.owner != 0)
+    }
+
+    /// The held block at `block` (`bytes`) died: its owner no longer counts it.
+    fn disown(&mut self, owner: u64, block: u64, bytes: u64) {
+        if let Some(v) = self.holdings.get_mut(&owner) {
+            v.retain(|&b| b != block);
+            if v.is_empty() {
+                self.holdings.remove(&owner);
+            }
+        }
+        let Some(o) = self.objects.get_mut(&owner) else {
+            return;
+        };
+        o.bytes -= bytes;
+        o.adopted -= bytes;
+        let (t, s) = (o.type_ptr, o.site);
+        for c in [self.types.get_mut(&t), self.sites.get_mut(&(t, s))]
+            .into_iter()
+            .flatten()
+        {
+            c.live_bytes -= bytes;
         }
     }
 
@@ -319,6 +463,8 @@ impl Aggregator {
                 interval: self.interval(),
                 bytes: b.bytes,
                 owned: 0,
+                adopted: 0,
+                owner: 0,
                 preheader: b.preheader,
                 tag: 0,
             },
@@ -369,7 +515,7 @@ impl Aggregator {
                 site: o.site,
                 epoch: o.epoch,
                 // its own bytes: what it owns beside itself is elsewhere
-                bytes: o.bytes - o.owned,
+                bytes: o.bytes - o.owned - o.adopted,
                 preheader: o.preheader,
                 tag: o.tag,
             })
@@ -381,7 +527,7 @@ impl Aggregator {
     pub fn samples(&self, keys: &[(u64, u32)], k: usize) -> HashMap<(u64, u32), Vec<u64>> {
         let mut picked: HashMap<(u64, u32), Vec<(u32, u64)>> =
             keys.iter().map(|&key| (key, vec![])).collect();
-        for (&addr, o) in &self.objects {
+        for (&addr, o) in self.objects.iter().filter(|(_, o)| o.owner == 0) {
             if let Some(v) = picked.get_mut(&(o.type_ptr, o.site)) {
                 v.push((o.interval, addr));
             }
@@ -423,7 +569,11 @@ impl Aggregator {
     /// Live objects born in window `epoch`, per (type, site).
     pub fn born_in(&self, epoch: u32) -> HashMap<(u64, u32), u64> {
         let mut n = HashMap::new();
-        for o in self.objects.values().filter(|o| o.epoch == epoch) {
+        for o in self
+            .objects
+            .values()
+            .filter(|o| o.epoch == epoch && o.owner == 0)
+        {
             *n.entry((o.type_ptr, o.site)).or_insert(0) += 1;
         }
         n
@@ -1130,6 +1280,63 @@ mod tests {
     fn slope_of_a_line() {
         assert!((slope(&[0.0, 1.0, 2.0], &[5, 7, 9]) - 2.0).abs() < 1e-12);
         assert_eq!(slope(&[0.0], &[1]), 0.0);
+    }
+
+    #[test]
+    fn held_blocks_count_with_their_owner_and_come_back_when_it_dies_first() {
+        const ARRAY: u64 = 0x10;
+        const HEAP: u64 = leakscope_common::NATIVE_HEAP;
+        let row = |rows: &[TypeRow], t: u64| rows.iter().find(|r| r.type_ptr == t).cloned();
+        let mut a = Aggregator::new();
+        let block = |bytes| Birth {
+            type_ptr: HEAP,
+            bytes,
+            preheader: 0,
+            site: 7,
+        };
+        let array = Birth {
+            type_ptr: ARRAY,
+            bytes: 96,
+            preheader: 0,
+            site: 3,
+        };
+        // two arrays, each with its data block; a third block no one holds
+        a.birth(0x5000, Some(block(1 << 20)));
+        a.birth(0x1000, Some(array));
+        a.birth(0x6000, Some(block(1 << 20)));
+        a.birth(0x2000, Some(array));
+        a.birth(0x7000, Some(block(4096)));
+        assert!(a.adopt(0x1000, 0x5000));
+        assert!(a.adopt(0x2000, 0x6000));
+        assert!(!a.adopt(0x2000, 0x6000), "held already");
+        assert!(!a.adopt(0x5000, 0x7000), "a held block owns nothing");
+        assert!(!a.adopt(0x9999, 0x7000), "no such owner");
+        assert!(a.is_held(0x5000) && !a.is_held(0x7000));
+        let (types, sites) = a.snapshot(1.0, &mut |_| "t".into());
+        let arr = row(&types, ARRAY).unwrap();
+        assert_eq!((arr.live, arr.live_bytes), (2, 2 * (96 + (1 << 20))));
+        let heap = row(&types, HEAP).unwrap();
+        assert_eq!((heap.live, heap.live_bytes, heap.births), (1, 4096, 3));
+        assert_eq!(row(&sites, HEAP).unwrap().live_bytes, 4096);
+        // followed objects are checked by their own bytes
+        let f = a.followed();
+        assert_eq!(f.iter().find(|f| f.addr == 0x1000).unwrap().bytes, 96);
+        // the first array frees its data, then dies
+        a.free(0x5000);
+        let (types, _) = a.snapshot(2.0, &mut |_| "t".into());
+        assert_eq!(row(&types, ARRAY).unwrap().live_bytes, 2 * 96 + (1 << 20));
+        assert_eq!(row(&types, HEAP).unwrap().live, 1);
+        a.free(0x1000);
+        // the second dies without freeing its block: the block is native again, as old as
+        // it is, and its site counts it
+        a.free(0x2000);
+        assert!(!a.is_held(0x6000));
+        let (types, sites) = a.snapshot(3.0, &mut |_| "t".into());
+        assert_eq!(row(&types, ARRAY).unwrap().live_bytes, 0);
+        let heap = row(&sites, HEAP).unwrap();
+        assert_eq!((heap.live, heap.live_bytes), (2, (1 << 20) + 4096));
+        // the held block that was freed counts as a death at its site
+        assert_eq!((heap.births, heap.deaths), (3, 1));
     }
 
     #[test]

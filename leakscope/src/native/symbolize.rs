@@ -26,6 +26,18 @@ pub struct NativeFrame {
     pub library: String,
     pub file: Option<String>,
     pub line: Option<u32>,
+    /// Functions the compiler inlined into `function` at this address, innermost first,
+    /// each with its own file and line (DWARF's inline records); `file`/`line` above are
+    /// then the outermost inlined call's.
+    pub inlined: Vec<InlinedFrame>,
+}
+
+/// A function inlined at an address, and where in it the address is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct InlinedFrame {
+    pub function: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
 }
 
 /// Above this many cached addresses the cache starts over (a bound, not a tuning knob).
@@ -85,6 +97,7 @@ impl NativeSymbolizer {
                 library: String::new(),
                 file: None,
                 line: None,
+                inlined: vec![],
             };
         };
         if self.modules.generation() != self.seen_generation {
@@ -120,20 +133,38 @@ impl NativeSymbolizer {
                 library: m.path.clone(),
                 file: None,
                 line: None,
+                inlined: vec![],
             };
         };
         // With inline info on, `code_info` is the location in the outermost function (the
         // symbol's): the call site of the first inlined callee, or the address's own line.
+        // Each inlined function's is the location in it (blazesym 0.2.7
+        // `dwarf/resolver.rs`, which moves each call site up by one layer), outermost
+        // first.
         let (file, line) = match sym.code_info.as_deref() {
             Some(ci) => (Some(ci.to_path().display().to_string()), ci.line),
             None => (None, None),
         };
+        let inlined = sym
+            .inlined
+            .iter()
+            .rev()
+            .map(|f| InlinedFrame {
+                function: f.name.to_string(),
+                file: f
+                    .code_info
+                    .as_ref()
+                    .map(|ci| ci.to_path().display().to_string()),
+                line: f.code_info.as_ref().and_then(|ci| ci.line),
+            })
+            .collect();
         NativeFrame {
             addr,
             function: sym.name.into_owned(),
             library: m.path.clone(),
             file,
             line,
+            inlined,
         }
     }
 }

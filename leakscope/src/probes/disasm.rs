@@ -63,6 +63,23 @@ pub fn first_instruction(code: &[u8], ip: u64) -> ProbePoint {
 /// `code` is the whole function (its symbol size), loaded at `ip`; `arg` the register the
 /// probe reads (RDI for the first argument, RSI for the second).
 pub fn entry_probe(code: &[u8], ip: u64, arg: Register) -> ProbePoint {
+    probe_keeping(code, ip, &[arg])
+}
+
+/// Where an entry probe and a return probe can share one breakpoint: as `entry_probe`, and
+/// also before anything moved the stack pointer (the return probe takes the return address
+/// at it) or wrote one of the function's first `args` argument registers (at most 3).
+pub fn call_probe(code: &[u8], ip: u64, args: usize) -> ProbePoint {
+    let mut keep = vec![Register::RSP];
+    keep.extend(
+        [Register::RDI, Register::RSI, Register::RDX]
+            .iter()
+            .take(args),
+    );
+    probe_keeping(code, ip, &keep)
+}
+
+fn probe_keeping(code: &[u8], ip: u64, keep: &[Register]) -> ProbePoint {
     let instrs: Vec<Instruction> = Decoder::with_ip(64, code, ip, DecoderOptions::NONE)
         .into_iter()
         .take_while(|i| !i.is_invalid())
@@ -92,7 +109,9 @@ pub fn entry_probe(code: &[u8], ip: u64, arg: Register) -> ProbePoint {
         if kernel_emulates(instr) {
             return entry(instr, true);
         }
-        if instr.flow_control() != FlowControl::Next || writes(&mut factory, instr, arg) {
+        if instr.flow_control() != FlowControl::Next
+            || keep.iter().any(|&r| writes(&mut factory, instr, r))
+        {
             break;
         }
     }
@@ -154,6 +173,26 @@ mod tests {
         // mov rax,[rax]; push rbx; ...; jmp back to the push: the push is a loop head
         let code = [0x48, 0x8b, 0x00, 0x53, 0x90, 0xeb, 0xfc];
         check(&code, Register::RDI, 0, false);
+    }
+
+    #[test]
+    fn a_call_probe_moves_past_argument_copies_but_not_past_the_stack() {
+        // PyMem_Malloc (pyenv 3.11.7): mov rsi,rdi; test rdi,rdi; js +0x10
+        let code = [0x48, 0x89, 0xfe, 0x48, 0x85, 0xff, 0x78, 0x10];
+        let p = call_probe(&code, 0x1000, 1);
+        assert_eq!((p.offset, p.emulated), (6, true), "{p:?}");
+        // PyMem_Realloc: mov rdx,rsi; test rsi,rsi; js: rdx is not one of its 2 arguments...
+        let code = [0x48, 0x89, 0xf2, 0x48, 0x85, 0xf6, 0x78, 0x18];
+        assert_eq!(call_probe(&code, 0x1000, 2).offset, 6);
+        // ...but would be a third's
+        assert_eq!(call_probe(&code, 0x1000, 3).offset, 0);
+        // mov rdi,rsi: the first argument overwritten
+        assert_eq!(call_probe(&[0x48, 0x89, 0xf7, 0x90], 0x1000, 1).offset, 0);
+        // sub rsp,8; push rbx: the stack moved before the push
+        let code = [0x48, 0x83, 0xec, 0x08, 0x53];
+        assert_eq!(call_probe(&code, 0x1000, 1).offset, 0);
+        // push rbx at the entry is the entry
+        assert_eq!(call_probe(&[0x53, 0x90], 0x1000, 1).offset, 0);
     }
 
     #[test]

@@ -66,7 +66,7 @@ fn missing_parts(found: &[(String, String)]) -> Vec<String> {
     let map = |s: &str| s == "maps";
     let global = |s: &str| s.starts_with(".rodata");
     let mut missing = vec![];
-    for name in names::PROGRAMS {
+    for name in names::PROGRAMS.iter().chain([&names::SPAWN_STOP]) {
         if !has(name, &program) {
             missing.push(format!("program {name}"));
         }
@@ -542,6 +542,20 @@ impl Tracer {
         Ok(())
     }
 
+    /// Points the free programs at the main interpreter's `gc.collecting` (spawn mode: only
+    /// known once the started program's interpreter is initialized).
+    pub fn set_gc_collecting(&mut self, addr: u64) -> Result<()> {
+        self.stack_config.gc_collecting = addr;
+        let map = self
+            .ebpf
+            .map_mut(names::CONFIG)
+            .with_context(|| format!("the BPF object has no map {}", names::CONFIG))?;
+        Array::<_, StackConfig>::try_from(map)?
+            .set(0, self.stack_config, 0)
+            .context("writing the stack walker's settings")?;
+        Ok(())
+    }
+
     /// Waits until every detached link is closed (its breakpoints long gone).
     pub fn settle(&mut self) {
         for h in self.detaching.drain(..) {
@@ -749,6 +763,39 @@ impl Tracer {
     }
 }
 
+/// Spawn mode's stop at a program's entry (`target::spawn`): while this lives, process
+/// `pid` stops itself (SIGSTOP) when it reaches `file_offset` of `exe`, a pid-scoped uprobe
+/// whose program sends the signal. Dropping it takes the probe out.
+pub struct StopAtEntry {
+    _ebpf: Ebpf,
+}
+
+pub fn stop_at_entry(exe: &std::path::Path, file_offset: u64, pid: u32) -> Result<StopAtEntry> {
+    if BPF_OBJECT.is_empty() {
+        bail!(
+            "this leakscope was built without its BPF object: run `cargo xtask build-ebpf`, then rebuild"
+        );
+    }
+    check_object(BPF_OBJECT)?;
+    let mut ebpf = EbpfLoader::new()
+        .override_global(names::LOG_ENABLED, &0u8, true)
+        .load(BPF_OBJECT)
+        .map_err(explain)?;
+    let prog = uprobe(&mut ebpf, names::SPAWN_STOP)?;
+    prog.load()
+        .map_err(|e| explain(e).context(format!("loading BPF program {}", names::SPAWN_STOP)))?;
+    let point = UProbeAttachPoint {
+        location: UProbeAttachLocation::AbsoluteOffset(file_offset),
+        cookie: None,
+    };
+    let pid = NonZeroU32::new(pid).context("pid 0")?;
+    prog.attach(point, exe, UProbeScope::OneProcess(pid))
+        .map_err(|e| {
+            explain(e).context(format!("attaching at {}+{file_offset:#x}", exe.display()))
+        })?;
+    Ok(StopAtEntry { _ebpf: ebpf })
+}
+
 /// A program of the object as a uprobe, or an error naming it.
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
     let prog = ebpf
@@ -879,6 +926,7 @@ mod tests {
         };
         let mut all: Vec<(&str, &str)> = vec![];
         all.extend(names::PROGRAMS.map(|p| ("uprobe", p)));
+        all.push(("uprobe", names::SPAWN_STOP));
         all.extend(names::MAPS.map(|m| ("maps", m)));
         all.extend(names::GLOBALS.map(|g| (".rodata", g)));
         assert!(super::missing_parts(&found(&all)).is_empty());

@@ -486,6 +486,33 @@ const NATIVE_ALLOCATORS: [(&str, u32); 9] = [
 ];
 const NATIVE_RELEASERS: [&str; 2] = ["free", "munmap"];
 
+/// The interpreter's allocators an extension may call instead of the C library's: name,
+/// kind, number of arguments. The object domain (`PyMem_Malloc`…) serves small sizes from
+/// pymalloc's pools, which no C library probe sees; the raw domain tail-calls `malloc`,
+/// whose own probes then share its record (`NATIVE_PYMEM_DOMAIN`). Their frees reach
+/// pymalloc's free (probed by the plan) or `free`. The interpreter's own calls return into
+/// it and are skipped like its mallocs.
+const PYMEM_ALLOCATORS: [(&str, u32, usize); 6] = [
+    (
+        "PyMem_Malloc",
+        leakscope_common::NATIVE_MALLOC | leakscope_common::NATIVE_PYMEM_DOMAIN,
+        1,
+    ),
+    (
+        "PyMem_Calloc",
+        leakscope_common::NATIVE_CALLOC | leakscope_common::NATIVE_PYMEM_DOMAIN,
+        2,
+    ),
+    (
+        "PyMem_Realloc",
+        leakscope_common::NATIVE_REALLOC | leakscope_common::NATIVE_PYMEM_DOMAIN,
+        2,
+    ),
+    ("PyMem_RawMalloc", leakscope_common::NATIVE_MALLOC, 1),
+    ("PyMem_RawCalloc", leakscope_common::NATIVE_CALLOC, 2),
+    ("PyMem_RawRealloc", leakscope_common::NATIVE_REALLOC, 2),
+];
+
 fn is_libc(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
     name.starts_with("libc.so")
@@ -548,6 +575,34 @@ pub fn native(process: &Process, interp: &Interpreter) -> Result<NativePlan> {
             "--native: {} exports none of malloc, calloc, realloc",
             m.path
         );
+    }
+    let py = &interp.binary;
+    for (name, kind, args) in PYMEM_ALLOCATORS {
+        let Some((vaddr, size)) = py.symbol(name) else {
+            continue;
+        };
+        let code = py
+            .bytes_at(vaddr, size.max(1))
+            .with_context(|| format!("no code for {name}"))?;
+        // Entry and return share the breakpoint, moved to an emulated instruction when
+        // nothing before it touched the stack or the arguments.
+        let point = disasm::call_probe(code, vaddr, args);
+        let kind = kind | leakscope_common::NATIVE_VIA_INTERPRETER;
+        let off = py
+            .vaddr_to_offset(vaddr)
+            .with_context(|| format!("{name} outside any segment"))?
+            + point.offset;
+        for (program, label) in [("native_enter", "entry"), ("native_ret", "return")] {
+            probes.push(ProbeSpec {
+                label: format!("{name}+{} ({label})", point.offset),
+                program,
+                path: py.path.clone(),
+                file_offset: off,
+                point: point.clone(),
+                entry: disasm::first_instruction(code, vaddr),
+                kind,
+            });
+        }
     }
     for name in NATIVE_RELEASERS {
         if let Some((vaddr, size)) = bin.symbol(name) {

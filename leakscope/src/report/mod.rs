@@ -1,6 +1,8 @@
 //! Reports: the data (serializable, one JSON object per line with `--json`) and its text
 //! rendering. Pure: rows in, bytes out.
 pub mod census;
+pub mod pprof;
+pub mod prometheus;
 
 use crate::model::aggregate::TypeRow;
 use crate::model::budget::{Estimate, Mode, State};
@@ -141,6 +143,12 @@ pub struct NativeInfo {
     pub stack_unreadable: u64,
     /// Native records missing behind their event (a kernel/user-space mismatch).
     pub unmatched: u64,
+    /// Live native blocks held by live objects of extension types, counted in those
+    /// objects' bytes (not in native rows), and their bytes.
+    pub held_blocks: u64,
+    pub held_bytes: u64,
+    /// Extension objects not searched for the blocks they hold (too many to read).
+    pub holders_unread: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -457,9 +465,23 @@ pub fn text(report: &Report, top: usize) -> String {
     if let Some(n) = &report.native {
         let _ = writeln!(
             s,
-            "  native: {} · {} allocations by the interpreter itself not counted as native{}",
+            "  native: {} · {} allocations by the interpreter itself not counted as native{}{}",
             n.library,
             thousands(n.interpreter_allocations),
+            if n.held_blocks + n.holders_unread > 0 {
+                format!(
+                    " · {} blocks ({}) held by extension objects, counted with them{}",
+                    thousands(n.held_blocks),
+                    human_bytes(n.held_bytes),
+                    if n.holders_unread > 0 {
+                        format!(" ({} objects not searched)", thousands(n.holders_unread))
+                    } else {
+                        String::new()
+                    }
+                )
+            } else {
+                String::new()
+            },
             if n.unpaired + n.stack_unreadable + n.unmatched > 0 {
                 format!(
                     " · {} returns without their entry, {} stacks unreadable, {} records missing",
@@ -894,7 +916,8 @@ mod tests {
         }
     }
 
-    fn report() -> Report {
+    /// A report with one growing site (also for the other output formats' tests).
+    pub(super) fn report() -> Report {
         Report {
             kind: ReportKind::Interval,
             reason: None,

@@ -45,10 +45,7 @@ pub enum Why {
 
 /// Reads one followed object and says whether it is still the one that was born.
 pub fn check(mem: &dyn Memory, o: &Followed) -> Verdict {
-    if matches!(
-        o.type_ptr,
-        leakscope_common::NATIVE_HEAP | leakscope_common::NATIVE_MMAP
-    ) {
+    if leakscope_common::is_native(o.type_ptr) {
         return check_native(mem, o);
     }
     let body = o
@@ -94,7 +91,9 @@ pub fn check(mem: &dyn Memory, o: &Followed) -> Verdict {
 /// overwrites (glibc's tcache writes its next pointer and its per-process key there, the
 /// other bins their list pointers; a safe-linked null is not zero). A block the program
 /// itself rewrites is taken for dead (a leak looks smaller, never larger). An unmapped
-/// mapping is unreadable: dead.
+/// mapping is unreadable: dead. A `PyMem_Malloc` block may sit in a pymalloc pool, with a
+/// neighbour's last word in front: only its first bytes, where pymalloc's free writes the
+/// pool's free-list pointer (3.11 `Objects/obmalloc.c` `pymalloc_free`).
 fn check_native(mem: &dyn Memory, o: &Followed) -> Verdict {
     let heap = o.type_ptr == leakscope_common::NATIVE_HEAP;
     let before = if heap { 8 } else { 0 };

@@ -16,8 +16,9 @@ pub trait NativeFrames {
     /// Return addresses, innermost first, from the allocating function to the last one
     /// before the interpreter.
     fn unwind(&mut self, r: &NativeRecord) -> Vec<u64>;
-    /// One address as a frame: function, library, and with debug info file and line.
-    fn frame(&mut self, addr: u64) -> Frame;
+    /// One address as frames, innermost first: the functions inlined there, then the one
+    /// the address is in; each with its library, and with debug info file and line.
+    fn frames(&mut self, addr: u64) -> Vec<Frame>;
 }
 
 pub struct NativeStacks {
@@ -25,7 +26,7 @@ pub struct NativeStacks {
     symbolizer: NativeSymbolizer,
     /// The interpreter's code: unwinding stops there.
     interpreter: Vec<(u64, u64)>,
-    frames: HashMap<u64, Frame>,
+    frames: HashMap<u64, Vec<Frame>>,
 }
 
 impl NativeStacks {
@@ -52,18 +53,28 @@ impl NativeFrames for NativeStacks {
         self.unwinder.unwind(&sample, MAX_NATIVE_FRAMES, &stop)
     }
 
-    fn frame(&mut self, addr: u64) -> Frame {
+    fn frames(&mut self, addr: u64) -> Vec<Frame> {
         if let Some(f) = self.frames.get(&addr) {
             return f.clone();
         }
         let n = self.symbolizer.symbolize(addr);
-        let f = Frame {
+        let mut frames: Vec<Frame> = n
+            .inlined
+            .into_iter()
+            .map(|i| Frame {
+                function: i.function,
+                file: i.file.unwrap_or_default(),
+                line: i.line.map(|l| l as i32),
+                library: Some(n.library.clone()),
+            })
+            .collect();
+        frames.push(Frame {
             function: n.function,
             file: n.file.unwrap_or_default(),
             line: n.line.map(|l| l as i32),
             library: Some(n.library),
-        };
-        self.frames.insert(addr, f.clone());
-        f
+        });
+        self.frames.insert(addr, frames.clone());
+        frames
     }
 }

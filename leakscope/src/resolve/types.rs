@@ -17,6 +17,10 @@ pub struct TypeInfo {
     pub tracked: bool,
     /// A type object inside the interpreter image (a builtin, not a C extension's).
     pub interpreter: bool,
+    /// Its deallocator is outside the interpreter: a C extension's type (not a class
+    /// defined in Python, whose `tp_dealloc` is the interpreter's `subtype_dealloc`), whose
+    /// objects may hold native memory (`Pipeline::adopt_native`).
+    pub extension_dealloc: bool,
     /// `tp_name` pointer when resolved; a change means the address now holds another type.
     tp_name: u64,
 }
@@ -90,7 +94,9 @@ impl Resolver {
         } else {
             short
         };
-        let in_interpreter = self.interpreter.iter().any(|&(s, e)| t >= s && t < e);
+        let inside = |a: u64| self.interpreter.iter().any(|&(s, e)| a >= s && a < e);
+        let in_interpreter = inside(t);
+        let dealloc = self.mem.u64(t + cpython::TP_DEALLOC).unwrap_or(0);
         Some(TypeInfo {
             name,
             basicsize,
@@ -100,6 +106,7 @@ impl Resolver {
             heap,
             tracked: self.all_types || heap || !in_interpreter,
             interpreter: in_interpreter,
+            extension_dealloc: dealloc != 0 && !inside(dealloc),
             tp_name,
         })
     }

@@ -1,9 +1,12 @@
 //! The commands: `trace` (probes, events, reports) and `census` (GC-list and allocator
 //! snapshots). Each ties the layers together for one run; what they compute lives in the
 //! layers. `free`: the free signals a trace walks on its own thread; `retention`: the final
-//! report's leak findings and chains.
+//! report's leak findings and chains; `metrics`: `--prometheus`'s HTTP endpoint; `live`: the
+//! refreshing view on a terminal.
 pub mod census;
 pub mod free;
+pub mod live;
+pub mod metrics;
 pub mod retention;
 pub mod trace;
 

@@ -330,9 +330,4 @@ pub fn unavailable(error: String) -> RetentionInfo {
 }
 
 /// Rows of native blocks (`--native`), which have no Python references.
-pub fn is_native(type_ptr: u64) -> bool {
-    matches!(
-        type_ptr,
-        leakscope_common::NATIVE_HEAP | leakscope_common::NATIVE_MMAP
-    )
-}
+pub use leakscope_common::is_native;

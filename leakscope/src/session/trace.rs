@@ -19,7 +19,7 @@ use crate::resolve::follow::{self, Verdict, Why};
 use crate::resolve::native::{NativeFrames, NativeStacks};
 use crate::resolve::{symbols::Symbolizer, types::Resolver};
 use crate::target::{Process, interpreter::Interpreter};
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use hashbrown::HashMap;
 use leakscope_common::{
     EVENT_BIRTH, EVENT_FREE, EVENT_NATIVE_ALLOC, EVENT_NATIVE_FREE, Event, FREE_IN_GC, RawStack,
@@ -33,6 +33,8 @@ pub const BATCH: usize = 16_384;
 
 /// Most owning objects (bytearrays, lists) whose buffers one report re-reads.
 pub const MAX_OWNED_READS: usize = 200_000;
+/// Most bytes of an extension object's body searched for the native blocks it holds.
+pub const MAX_HOLDER_BYTES: u64 = 512;
 
 /// Events in, live set out: what user space does with every event. Reads the target only
 /// through the resolver and the symbolizer (cached; a type or code object is read once).
@@ -52,6 +54,9 @@ pub struct Pipeline {
     /// interpreter's minor version (the dict layouts differ).
     pub owners: Vec<(u64, cpython::Owner)>,
     pub minor: u32,
+    /// Extension objects whose bodies a report could not search for native blocks (over
+    /// `MAX_OWNED_READS`), in all.
+    pub holders_unread: u64,
 }
 
 impl Pipeline {
@@ -66,6 +71,7 @@ impl Pipeline {
             native_unmatched: 0,
             owners: vec![],
             minor: 0,
+            holders_unread: 0,
         }
     }
 
@@ -88,6 +94,56 @@ impl Pipeline {
             };
             if let Some(n) = kind.owned_bytes(mem, addr, self.minor) {
                 self.agg.set_owned(addr, n);
+            }
+        }
+    }
+
+    /// Native blocks held by live objects of C extensions' types (an ndarray's data, an
+    /// extension object's calloc'd state) are counted with their holder (`Aggregator::adopt`):
+    /// each such object's body (up to `MAX_HOLDER_BYTES`) is read and every word that is the
+    /// address of a live native block claims it. At most `MAX_OWNED_READS` objects per call;
+    /// the rest are counted in `holders_unread`. Only with `--native`.
+    pub fn adopt_native(&mut self, mem: &dyn crate::target::Memory) {
+        if self.native.is_none() {
+            return;
+        }
+        let mut holders = vec![];
+        let mut natives = 0usize;
+        for (addr, t) in self.agg.live() {
+            if leakscope_common::is_native(t) {
+                natives += 1;
+                continue;
+            }
+            if let Some(info) = self.resolver.get(t)
+                && info.extension_dealloc
+            {
+                holders.push((addr, info.basicsize.min(MAX_HOLDER_BYTES)));
+            }
+        }
+        if natives == 0 {
+            return;
+        }
+        self.holders_unread += holders.len().saturating_sub(MAX_OWNED_READS) as u64;
+        let mut body = vec![0u8; MAX_HOLDER_BYTES as usize];
+        for (addr, size) in holders.into_iter().take(MAX_OWNED_READS) {
+            // past ob_refcnt and ob_type
+            let Some(len) = size.checked_sub(16).filter(|&n| n >= 8) else {
+                continue;
+            };
+            let buf = &mut body[..len as usize];
+            if mem.read(addr + 16, buf).is_err() {
+                continue;
+            }
+            for w in buf.chunks_exact(8) {
+                let p = u64::from_le_bytes(w.try_into().unwrap());
+                if p != 0
+                    && self
+                        .agg
+                        .site_of(p)
+                        .is_some_and(|(t, _)| leakscope_common::is_native(t))
+                {
+                    self.agg.adopt(addr, p);
+                }
             }
         }
     }
@@ -131,7 +187,8 @@ impl Pipeline {
                 match self.native_sites.get(&key) {
                     Some(&s) => s,
                     None => {
-                        let mut frames: Vec<_> = key.0.iter().map(|&a| native.frame(a)).collect();
+                        let mut frames: Vec<_> =
+                            key.0.iter().flat_map(|&a| native.frames(a)).collect();
                         let py = sym.sites.get(python);
                         frames.extend(py.frames.iter().cloned());
                         let truncated = py.truncated;
@@ -188,6 +245,7 @@ pub fn type_name(resolver: &mut Resolver, t: u64) -> String {
     match t {
         leakscope_common::NATIVE_HEAP => "native heap".into(),
         leakscope_common::NATIVE_MMAP => "native mmap".into(),
+        leakscope_common::NATIVE_PYMEM => "native PyMem".into(),
         _ => resolver
             .get(t)
             .map(|i| i.name.clone())
@@ -217,13 +275,43 @@ enum CensusRows {
     },
 }
 
-pub fn run(cfg: &TraceConfig) -> Result<()> {
-    let process = Process::open(cfg.pid)?;
+/// Traces until the end; the exit code is 0, or in spawn mode the program's.
+pub fn run(cfg: &TraceConfig) -> Result<i32> {
+    let spawned = if cfg.command.is_empty() {
+        None
+    } else {
+        if !super::can_trace() {
+            bail!("{}", super::NEEDS_PRIVILEGES);
+        }
+        Some(Child::start(&cfg.command)?)
+    };
+    let process = Process::open(spawned.as_ref().map_or(cfg.pid, |c| c.spawned.pid))?;
     if !super::can_trace() {
         bail!("{}", super::NEEDS_PRIVILEGES);
     }
+    let metrics = cfg
+        .prometheus
+        .map(super::metrics::MetricsServer::start)
+        .transpose()?;
+    if let Some(m) = &metrics {
+        eprintln!(
+            "leakscope: serving the findings for Prometheus at http://{}/metrics",
+            m.addr
+        );
+    }
     kernel::check_uprobe_support(std::path::Path::new("/sys/bus/event_source/devices/uprobe"))?;
-    let interp = Interpreter::find(&process)?;
+    let interp = match Interpreter::find(&process) {
+        Ok(i) => i,
+        Err(e) if spawned.is_some() => {
+            return Err(e.context(format!(
+                "the program started ({}) runs no Python interpreter itself (a shell script, \
+                 such as a pyenv shim, runs it in another process: give the interpreter's own \
+                 path)",
+                process.comm
+            )));
+        }
+        Err(e) => return Err(e),
+    };
     let mut plan = plan::plan(&process, &interp)?;
     let native = if cfg.native {
         let n = plan::native(&process, &interp)?;
@@ -307,6 +395,26 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
     let stime_attach = process.system_time_s();
     tracer.attach_probes()?;
     let started = Instant::now();
+    if let Some(c) = &spawned {
+        c.resume();
+        // Stopped at its entry, the program had no interpreter state yet: what is read from
+        // it (the GC state the free programs check, the heap for the census and findings)
+        // is there once it initialized (~20 ms; its births meanwhile wait in the ring
+        // buffer).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while kernel_config.gc_collecting == 0 && Instant::now() < deadline && process.alive() {
+            match Heap::of(&process, &interp)
+                .ok()
+                .and_then(|h| h.gc_collecting_addr())
+            {
+                Some(addr) => {
+                    kernel_config.gc_collecting = addr;
+                    tracer.set_gc_collecting(addr)?;
+                }
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
     eprintln!(
         "leakscope: attached to pid {} ({}): Python {} in {}; {} probes ({}){}; sees {}; {}. Ctrl-C for the final report.",
         process.pid,
@@ -444,16 +552,34 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
                     process.memory(),
                 )
             }),
+        first_folded: None,
+        metrics,
+        reports: 0,
+        // A program leakscope started owns the terminal: plain reports then.
+        live: super::live::LiveView::new(cfg.format == Format::Text && spawned.is_none()),
     };
+    eprintln!(
+        "leakscope: the first report comes in {:.0} s, then one every {:.0} s{}",
+        cfg.interval.as_secs_f64(),
+        cfg.interval.as_secs_f64(),
+        if session.live.enabled() {
+            " (refreshed in place; the final report stays on the screen)"
+        } else {
+            ""
+        }
+    );
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
+    let code = rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         use tokio::time::{self, MissedTickBehavior};
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
+        if spawned.is_some() {
+            crate::target::spawn::unblock_stop_signals();
+        }
         let mut drain_tick = time::interval(Duration::from_millis(10));
         drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut alive_tick = time::interval(Duration::from_millis(100));
@@ -471,8 +597,15 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
         let reason = loop {
             tokio::select! {
                 biased;
-                _ = sigint.recv() => break EndReason::Interrupted,
-                _ = sigterm.recv() => break EndReason::Terminated,
+                // A program leakscope started gets the signal and ends the trace by exiting.
+                _ = sigint.recv() => match &spawned {
+                    Some(c) => c.forward(libc::SIGINT),
+                    None => break EndReason::Interrupted,
+                },
+                _ = sigterm.recv() => match &spawned {
+                    Some(c) => c.forward(libc::SIGTERM),
+                    None => break EndReason::Terminated,
+                },
                 _ = &mut deadline_sleep, if deadline.is_some() => break EndReason::Duration,
                 _ = alive_tick.tick() => {
                     if !process.alive() {
@@ -503,11 +636,77 @@ pub fn run(cfg: &TraceConfig) -> Result<()> {
             reason != EndReason::TargetExited,
         );
         session.emit(&tracer, &mut pipeline, Some(reason))?;
-        anyhow::Ok(())
+        let Some(c) = &spawned else {
+            return anyhow::Ok(0);
+        };
+        // Spawn mode: leakscope ends with the program, passing signals on meanwhile.
+        tracer.detach_probes();
+        if c.spawned.exit_code().is_none() && reason != EndReason::TargetExited {
+            eprintln!(
+                "leakscope: the trace has ended; waiting for the program (pid {}) to exit \
+                 (signals are passed on to it)",
+                c.spawned.pid
+            );
+        }
+        loop {
+            if let Some(code) = c.spawned.exit_code() {
+                return Ok(code);
+            }
+            tokio::select! {
+                _ = sigint.recv() => c.forward(libc::SIGINT),
+                _ = sigterm.recv() => c.forward(libc::SIGTERM),
+                _ = time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
     })?;
     // Dropping the tracer detaches every probe: the target runs on untouched.
     drop(tracer);
-    Ok(())
+    Ok(code)
+}
+
+/// Spawn mode's program: killed if leakscope fails before it was let run (it ran nothing
+/// yet); once running it is the user's program and is left to run.
+struct Child {
+    spawned: crate::target::spawn::Spawned,
+    resumed: std::cell::Cell<bool>,
+    /// A terminal's Ctrl-C reaches the program itself: not passed on twice.
+    terminal_sigint: bool,
+}
+
+impl Child {
+    fn start(argv: &[std::ffi::OsString]) -> Result<Child> {
+        let spawned = crate::target::spawn::Spawned::start(argv)?;
+        Ok(Child {
+            spawned,
+            resumed: std::cell::Cell::new(false),
+            terminal_sigint: crate::target::spawn::terminal_delivers_sigint(),
+        })
+    }
+
+    fn resume(&self) {
+        self.spawned.resume();
+        self.resumed.set(true);
+    }
+
+    fn forward(&self, signal: i32) {
+        if signal == libc::SIGINT && self.terminal_sigint {
+            return;
+        }
+        self.spawned.forward(signal);
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if !self.resumed.get() {
+            self.spawned.forward(libc::SIGKILL);
+        } else if self.spawned.exit_code().is_none() {
+            eprintln!(
+                "leakscope: the program (pid {}) goes on running",
+                self.spawned.pid
+            );
+        }
+    }
 }
 
 /// What the traps cost a target's user-space code (refilled caches and TLB), as a share
@@ -632,6 +831,14 @@ struct Session<'a> {
     process: &'a Process,
     /// Reads the heap for the final report's findings (or why it cannot).
     retention: Result<Retention, String>,
+    /// `--diff`: the first report's live bytes by stack and type, folded.
+    first_folded: Option<String>,
+    /// `--prometheus`: serves the latest report.
+    metrics: Option<super::metrics::MetricsServer>,
+    /// Reports made so far.
+    reports: u64,
+    /// Text reports on a terminal: refreshed in place.
+    live: super::live::LiveView,
 }
 
 impl Session<'_> {
@@ -845,6 +1052,7 @@ impl Session<'_> {
                 }
             }
         }
+        pipeline.adopt_native(&*self.mem);
         pipeline.refresh_owned(&*self.mem);
         let elapsed = self.started.elapsed().as_secs_f64();
         let resolver = &mut pipeline.resolver;
@@ -933,12 +1141,17 @@ impl Session<'_> {
         reason: Option<EndReason>,
     ) -> Result<()> {
         let cfg = self.cfg;
+        if reason.is_some() {
+            // The final report, and what is said while it is made, go to the normal screen.
+            self.live.leave();
+        }
         let elapsed = self.started.elapsed().as_secs_f64();
         let sampled = self.sampled();
         if !sampled {
             if self.plan.coverage == Coverage::Inlined {
                 self.check_live(pipeline);
             }
+            pipeline.adopt_native(&*self.mem);
             pipeline.refresh_owned(&*self.mem);
         }
         let Pipeline {
@@ -947,9 +1160,12 @@ impl Session<'_> {
             agg,
             unknown_events,
             native_unmatched,
+            holders_unread,
             ..
         } = pipeline;
         let native_unmatched = *native_unmatched;
+        let holders_unread = *holders_unread;
+        let held = agg.held();
         let (types, site_rows) = match (&self.sampler.observed, sampled) {
             (Some(obs), true) => {
                 let mut young_types: hashbrown::HashMap<u64, u64> = hashbrown::HashMap::new();
@@ -1115,6 +1331,8 @@ impl Session<'_> {
         };
         if reason.is_some() {
             self.write_graphs(&site_rows, sites, &findings)?;
+        } else if cfg.flamegraph_diff && self.first_folded.is_none() {
+            self.first_folded = Some(live_folded(&site_rows, sites));
         }
         let unreadable_stacks = symbolizer.as_ref().map_or(0, |s| s.unreadable_stacks);
         if let Some(s) = symbolizer {
@@ -1191,6 +1409,9 @@ impl Session<'_> {
                 unpaired: counters.native_unpaired,
                 stack_unreadable: counters.native_stack_failed,
                 unmatched: native_unmatched,
+                held_blocks: held.0,
+                held_bytes: held.1,
+                holders_unread,
             }),
             lost: report::Losses {
                 ringbuf_full: counters.ringbuf_full,
@@ -1212,6 +1433,18 @@ impl Session<'_> {
                 truncated: counters.walk_truncated,
             }),
         };
+        self.reports += 1;
+        if let Some(m) = &self.metrics {
+            m.publish(report::prometheus::render(&report, self.reports));
+        }
+        if reason.is_none() && self.live.enabled() {
+            let footer = format!(
+                "refreshed every {:.0} s · Ctrl-C for the final report",
+                cfg.interval.as_secs_f64()
+            );
+            return self.live.show(&report::text(&report, cfg.top), &footer);
+        }
+        self.live.leave();
         super::print(&match cfg.format {
             Format::Json => report::json(&report) + "\n",
             Format::Text => report::text(&report, cfg.top) + "\n",
@@ -1229,10 +1462,13 @@ impl Session<'_> {
         findings: &[report::FindingReport],
     ) -> Result<()> {
         let cfg = self.cfg;
-        if cfg.folded.is_none() && cfg.flamegraph.is_none() {
+        if cfg.folded.is_none() && cfg.flamegraph.is_none() && cfg.pprof.is_none() {
             return Ok(());
         }
         let any_growing = rows.iter().any(|r| r.growing && r.live > 0);
+        if let Some(out) = &cfg.pprof {
+            out.write(&self.pprof(rows, sites, findings, any_growing))?;
+        }
         let label = |r: &report::SiteReport| {
             format!("{} ({} live)", r.type_name, report::thousands(r.live))
         };
@@ -1268,14 +1504,52 @@ impl Session<'_> {
                     entries.push((root.clone(), vec![top.clone(), leaf], r.live_bytes));
                 }
             }
+            // Growing native sites have no findings (no Python referrers): drawn as they are.
+            for r in rows
+                .iter()
+                .filter(|r| r.growing && r.live > 0 && retention::is_native(r.type_ptr))
+            {
+                let label = format!("{} ({} live)", r.name, report::thousands(r.live));
+                entries.push((sites.get(r.site).clone(), vec![label], r.live_bytes));
+            }
             let refs: Vec<(&sites::Site, Vec<String>, u64)> =
                 entries.iter().map(|(s, l, n)| (s, l.clone(), *n)).collect();
             sites::folded_paths(&refs)
         };
-        if let Some(path) = &cfg.folded {
-            std::fs::write(path, &folded).with_context(|| format!("writing {}", path.display()))?;
+        if let Some(out) = &cfg.folded {
+            out.write(folded.as_bytes())?;
         }
-        if let Some(path) = &cfg.flamegraph {
+        if let (Some(out), true) = (&cfg.flamegraph, cfg.flamegraph_diff) {
+            // Two counts a stack (inferno's differential format): its live bytes at the first
+            // report and now. Width is now; red grew, blue shrank.
+            let before = self.first_folded.clone().unwrap_or_default();
+            let after = live_folded(rows, sites);
+            let mut diff = vec![];
+            inferno::differential::from_readers(
+                inferno::differential::Options::default(),
+                before.as_bytes(),
+                after.as_bytes(),
+                &mut diff,
+            )?;
+            let since = if self.first_folded.is_some() {
+                format!(
+                    "the first report ({:.0} s after attach)",
+                    cfg.interval.as_secs_f64()
+                )
+            } else {
+                "attach (the trace ended before its first report)".to_string()
+            };
+            let subtitle = format!(
+                "pid {} · width: live bytes at the end · red: grew since {since}, blue: shrank",
+                self.pid
+            );
+            let svg = report::flamegraph(
+                &String::from_utf8_lossy(&diff),
+                "leakscope: growth of live bytes by allocation site",
+                &subtitle,
+            )?;
+            out.write(&svg)?;
+        } else if let Some(out) = &cfg.flamegraph {
             let title = if any_growing {
                 "leakscope: growing allocation sites"
             } else {
@@ -1286,10 +1560,93 @@ impl Session<'_> {
                 self.pid
             );
             let svg = report::flamegraph(&folded, title, &subtitle)?;
-            std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+            out.write(&svg)?;
         }
         Ok(())
     }
+}
+
+impl Session<'_> {
+    /// The pprof profile of the sites the flamegraph draws: each finding's root and retained
+    /// sites (labelled with the finding), else the growing sites (or every surviving one).
+    fn pprof(
+        &self,
+        rows: &[TypeRow],
+        sites: &Sites,
+        findings: &[report::FindingReport],
+        any_growing: bool,
+    ) -> Vec<u8> {
+        use report::pprof::PprofSite;
+        fn of(r: &report::SiteReport, finding: Option<String>) -> PprofSite<'_> {
+            PprofSite {
+                type_name: &r.type_name,
+                frames: &r.frames,
+                live: r.live,
+                live_bytes: r.live_bytes,
+                rate_per_s: r.rate_per_s,
+                growing: r.growing,
+                finding,
+            }
+        }
+        let entries: Vec<PprofSite> = if findings.is_empty() {
+            rows.iter()
+                .filter(|r| r.live > 0 && (r.growing || !any_growing))
+                .map(|r| PprofSite {
+                    type_name: &r.name,
+                    frames: &sites.get(r.site).frames,
+                    live: r.live,
+                    live_bytes: r.live_bytes,
+                    rate_per_s: r.rate_per_s,
+                    growing: r.growing,
+                    finding: None,
+                })
+                .collect()
+        } else {
+            findings
+                .iter()
+                .flat_map(|f| {
+                    let name = match f.root.frames.first() {
+                        Some(fr) => format!("{} at {}", f.root.type_name, fr.short_label()),
+                        None => f.root.type_name.clone(),
+                    };
+                    std::iter::once(of(&f.root, Some(name.clone())))
+                        .chain(f.retained.iter().map(move |r| of(r, Some(name.clone()))))
+                })
+                .chain(
+                    rows.iter()
+                        .filter(|r| r.growing && r.live > 0 && retention::is_native(r.type_ptr))
+                        .map(|r| PprofSite {
+                            type_name: &r.name,
+                            frames: &sites.get(r.site).frames,
+                            live: r.live,
+                            live_bytes: r.live_bytes,
+                            rate_per_s: r.rate_per_s,
+                            growing: r.growing,
+                            finding: None,
+                        }),
+                )
+                .collect()
+        };
+        let elapsed = self.started.elapsed();
+        let start = std::time::SystemTime::now()
+            .checked_sub(elapsed)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .unwrap_or_default();
+        let p =
+            report::pprof::profile(&entries, start.as_nanos() as i64, elapsed.as_nanos() as i64);
+        report::pprof::encode(&p)
+    }
+}
+
+/// Every surviving site's live bytes, folded, the type as the leaf (for `--diff`: the same
+/// stack at two reports must be the same line).
+fn live_folded(rows: &[TypeRow], sites: &Sites) -> String {
+    let entries: Vec<(&sites::Site, String, u64)> = rows
+        .iter()
+        .filter(|r| r.live > 0)
+        .map(|r| (sites.get(r.site), r.name.clone(), r.live_bytes))
+        .collect();
+    sites::folded(&entries)
 }
 
 /// A site row as the report shows it.
@@ -1371,13 +1728,13 @@ mod tests {
         fn unwind(&mut self, r: &NativeRecord) -> Vec<u64> {
             vec![r.ip, r.ip + 0x100]
         }
-        fn frame(&mut self, addr: u64) -> sites::Frame {
-            sites::Frame {
+        fn frames(&mut self, addr: u64) -> Vec<sites::Frame> {
+            vec![sites::Frame {
                 function: format!("f{addr:x}"),
                 file: String::new(),
                 line: None,
                 library: Some("/lib/libx.so".into()),
-            }
+            }]
         }
     }
 
@@ -1436,5 +1793,63 @@ mod tests {
         let bytes: u64 = sites.iter().map(|r| r.live_bytes).sum();
         assert_eq!(bytes, 4096 + 100);
         assert!(sites.iter().all(|r| r.name == "native heap"));
+    }
+
+    #[test]
+    fn native_blocks_an_extension_object_points_at_are_counted_with_it() {
+        // X: a C extension's type (its tp_dealloc outside the interpreter, at 0x9000_0000);
+        // T: a builtin (no deallocator outside).
+        const X: u64 = 0x30_0000;
+        let m = FakeMemory::new();
+        m.put_words(T + TP_NAME, &[T + 0x800, 32, 0]);
+        m.put(T + TP_FLAGS, 0);
+        m.put_bytes(T + 0x800, b"float\0\0\0");
+        m.put_words(X + TP_NAME, &[X + 0x800, 96, 0, 0x9000_0000]);
+        m.put(X + TP_FLAGS, 0);
+        m.put_bytes(X + 0x800, b"ndarray\0");
+        let mut p = Pipeline::new(Resolver::new(m, V, vec![(T, T + 0x1000)], true), None);
+        p.native = Some(Box::new(FakeNative));
+        let birth = |addr, type_ptr| Event {
+            kind: EVENT_BIRTH,
+            addr,
+            type_ptr,
+            ..Default::default()
+        };
+        let alloc = |addr, size| Event {
+            kind: EVENT_NATIVE_ALLOC,
+            addr,
+            type_ptr: leakscope_common::NATIVE_HEAP,
+            ob_size: size,
+            ..Default::default()
+        };
+        let events = [
+            alloc(0x5000, 1 << 20),
+            birth(0x1000, X),
+            alloc(0x6000, 4096),
+            birth(0x2000, T),
+        ];
+        p.feed(
+            &events,
+            &[NativeRecord::default(), NativeRecord::default()],
+            &mut |_| None,
+        );
+        let bodies = FakeMemory::new();
+        // the array's data pointer at +16, a non-block word at +24
+        bodies.put_words(0x1000, &[1, X, 0x5000, 0x7777]);
+        bodies.put_words(0x1000 + 32, &[0; 8]);
+        // the builtin's body points at the other block: not an extension object
+        bodies.put_words(0x2000, &[1, T, 0x6000, 0]);
+        p.adopt_native(&*bodies);
+        assert_eq!(p.agg.held(), (1, 1 << 20));
+        let (types, _) = p.agg.snapshot(1.0, &mut |t| type_name(&mut p.resolver, t));
+        let row = |name: &str| types.iter().find(|r| r.name == name).unwrap().clone();
+        assert_eq!(row("ndarray").live_bytes, 96 + (1 << 20));
+        assert_eq!(
+            (row("native heap").live, row("native heap").live_bytes),
+            (1, 4096)
+        );
+        // searched again: nothing changes
+        p.adopt_native(&*bodies);
+        assert_eq!(p.agg.held(), (1, 1 << 20));
     }
 }

@@ -17,7 +17,7 @@ fn native_sites(report: &Value) -> Vec<Value> {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|s| s["type"] == "native heap" || s["type"] == "native mmap")
+        .filter(|s| s["type"].as_str().is_some_and(|t| t.starts_with("native ")))
         .cloned()
         .collect()
 }
@@ -167,6 +167,104 @@ fn native_leak(python: &Path, opt: &str) {
             "{site:#}"
         );
     }
+    // The interpreter's allocators called by the extension: PyMem_Malloc's small blocks
+    // come from pymalloc's pools, PyMem_RawMalloc's from malloc.
+    for (function, kind, marker, line, size) in [
+        (
+            "pymem_buffer",
+            "native PyMem",
+            "/* PYMEM_MALLOC */",
+            "PYMEM_LEAK",
+            200,
+        ),
+        (
+            "raw_buffer",
+            "native heap",
+            "/* RAW_MALLOC */",
+            "RAW_LEAK",
+            SIZE,
+        ),
+    ] {
+        let site = sites
+            .iter()
+            .find(|s| frame(s, 0).0 == function)
+            .unwrap_or_else(|| panic!("no {function} site in {sites:#?}"));
+        assert_eq!(site["growing"], true, "{site:#}");
+        assert_eq!(site["type"], kind, "{site:#}");
+        assert_eq!(frame(site, 0).2, marker_in(&c_file, marker), "{site:#}");
+        assert_eq!(
+            python_caller(site).2,
+            marker_line("native_leak.py", line),
+            "{site:#}"
+        );
+        let live = site["live"].as_u64().unwrap();
+        assert!(live > 100, "{site:#}");
+        assert_eq!(
+            site["live_bytes"].as_u64().unwrap(),
+            size * live,
+            "{site:#}"
+        );
+    }
+    // A malloc in a function the compiler inlined: that function at its line, then the
+    // one it was inlined into at the call's line, in the same library.
+    let inlined = sites
+        .iter()
+        .find(|s| frame(s, 0).0 == "inlined_alloc")
+        .unwrap_or_else(|| panic!("no inlined_alloc site in {sites:#?}"));
+    assert_eq!(inlined["growing"], true, "{inlined:#}");
+    assert_eq!(
+        (frame(inlined, 0).2, frame(inlined, 1)),
+        (
+            marker_in(&c_file, "/* INLINED_MALLOC */"),
+            (
+                "leak_inlined".to_string(),
+                "nativeleak.c".to_string(),
+                marker_in(&c_file, "/* INLINED_CALL */")
+            )
+        ),
+        "{inlined:#}"
+    );
+    assert_eq!(
+        inlined["frames"][0]["library"], inlined["frames"][1]["library"],
+        "{inlined:#}"
+    );
+    assert_eq!(
+        python_caller(inlined).2,
+        marker_line("native_leak.py", "INLINED_LEAK"),
+        "{inlined:#}"
+    );
+    // ...and PyMem_Free'd blocks are seen dying (pymalloc's free).
+    let churn = sites
+        .iter()
+        .find(|s| frame(s, 0).0 == "pymem_churn")
+        .unwrap_or_else(|| panic!("no pymem_churn site in {sites:#?}"));
+    assert_eq!(churn["growing"], false, "{churn:#}");
+    assert!(churn["deaths"].as_u64().unwrap() > 100, "{churn:#}");
+    // A Buffer's malloc'd data is the Buffer's: the kept Buffers grow at their line with
+    // their data's bytes, and no native site grows for them.
+    let buffers = last["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["type"] == "nativeleak.Buffer" && s["growing"] == true)
+        .unwrap_or_else(|| panic!("no growing Buffer site in {:#}", last["sites"]));
+    assert_eq!(
+        frame(buffers, 0).2,
+        marker_line("native_leak.py", "BUFFER_LEAK"),
+        "{buffers:#}"
+    );
+    let live = buffers["live"].as_u64().unwrap();
+    let truth = live * (SIZE + 32);
+    let bytes = buffers["live_bytes"].as_u64().unwrap();
+    assert!(
+        live > 100 && bytes.abs_diff(truth) <= truth / 10,
+        "{buffers:#}"
+    );
+    assert!(
+        last["native"]["held_blocks"].as_u64().unwrap() >= live - 2,
+        "{:#}",
+        last["native"]
+    );
     // The unmapped mappings are seen dying (same C line, another Python line).
     let unmapped = sites
         .iter()
@@ -181,7 +279,16 @@ fn native_leak(python: &Path, opt: &str) {
     for s in sites.iter().filter(|s| s["growing"] == true) {
         let f = frame(s, 0).0;
         assert!(
-            ["leak_buffer", "state_alloc", "aligned_buffer", "map_region"].contains(&f.as_str()),
+            [
+                "leak_buffer",
+                "state_alloc",
+                "aligned_buffer",
+                "map_region",
+                "pymem_buffer",
+                "raw_buffer",
+                "inlined_alloc"
+            ]
+            .contains(&f.as_str()),
             "growing: {s:#}"
         );
     }
@@ -358,6 +465,69 @@ fn pyenv_311_bytearray_reports_its_buffer() {
 fn debian_311_bytearray_reports_its_buffer() {
     require_root();
     bytearray_buffer(&debian_python());
+}
+
+/// ndarray_leak.py: 1 MiB numpy arrays kept at a known line are `numpy.ndarray` at that
+/// line with their data's bytes: numpy mallocs the data (a native block, from its C code),
+/// and the array that holds its address counts it. No native site grows.
+fn ndarray_data(python: &Path) {
+    let rate = 20.0;
+    let mut cmd = Command::new(python);
+    cmd.arg("-u")
+        .arg(script("ndarray_leak.py"))
+        .arg(rate.to_string());
+    if let Some(path) = numpy_path(python) {
+        cmd.env("PYTHONPATH", path);
+    }
+    let target = start(cmd);
+    let run = trace(target.pid, 12, &["--native"]);
+    let last = run.last();
+    assert_no_losses(&last);
+    let growing = growing_sites(&last);
+    let site = growing
+        .iter()
+        .find(|s| s["type"] == "numpy.ndarray")
+        .unwrap_or_else(|| panic!("no growing ndarray site: {growing:#?}\n{}", run.stderr));
+    // numpy.ones (Python code in numpy), called from the leaking line
+    assert_eq!(frame(site, 0).0, "ones", "{site:#}");
+    assert_eq!(
+        frame(site, 1),
+        (
+            "serve".to_string(),
+            "ndarray_leak.py".to_string(),
+            marker_line("ndarray_leak.py", "NDARRAY_LEAK")
+        ),
+        "{site:#}"
+    );
+    let live = site["live"].as_u64().unwrap();
+    let truth = live << 20;
+    let bytes = site["live_bytes"].as_u64().unwrap();
+    assert!(
+        live > 100 && bytes.abs_diff(truth) <= truth / 10,
+        "{bytes} bytes for {live} arrays: {site:#}"
+    );
+    for s in native_sites(&last) {
+        assert_eq!(s["growing"], false, "{s:#}");
+    }
+    assert!(
+        last["native"]["held_blocks"].as_u64().unwrap() >= live,
+        "{:#}",
+        last["native"]
+    );
+}
+
+#[test]
+#[ignore = "privileged: real BPF against a real interpreter (cargo xtask test)"]
+fn pyenv_311_ndarray_reports_its_data() {
+    require_root();
+    ndarray_data(&pyenv("3.11.7"));
+}
+
+#[test]
+#[ignore = "privileged: real BPF against a real interpreter (cargo xtask test)"]
+fn debian_311_ndarray_reports_its_data() {
+    require_root();
+    ndarray_data(&debian_python());
 }
 
 /// native_leak.py --busy: hundreds of thousands of Python objects a second besides the

@@ -46,6 +46,29 @@ pub fn debian_python() -> PathBuf {
     p
 }
 
+/// Where numpy is for `python`: `None` for Debian's python3.11 (its python3-numpy package
+/// is on its path), else the directory scripts/setup unpacked a wheel into for pyenv's
+/// 3.11.7 (`/var/cache/leakscope/numpy-3.11.7`).
+pub fn numpy_path(python: &Path) -> Option<PathBuf> {
+    if python.starts_with("/usr/bin") {
+        return None;
+    }
+    let version = python
+        .ancestors()
+        .nth(2)
+        .and_then(|v| v.file_name())
+        .and_then(|v| v.to_str())
+        .unwrap_or("?");
+    let dir = PathBuf::from(format!("/var/cache/leakscope/numpy-{version}"));
+    assert!(
+        dir.join("numpy").exists(),
+        "{} is missing: scripts/setup installs numpy there for {}",
+        dir.display(),
+        python.display()
+    );
+    Some(dir)
+}
+
 /// A running target process; killed when dropped. `lines` receives what it prints after
 /// `ready`.
 pub struct Target {
