@@ -65,13 +65,15 @@ impl Resolver {
 
     /// Drops cache entries whose type object was replaced (heap types can be freed and their
     /// address reused). Called once per report: one read per cached heap type.
+    /// A type that can no longer be read (the target exited) keeps its last name: the
+    /// final report of a program that ended still names its classes.
     pub fn revalidate(&mut self) {
         let mem = &self.mem;
         self.cache.retain(|&addr, info| {
             !info.heap
                 || mem
                     .u64(addr + cpython::TP_NAME)
-                    .is_ok_and(|p| p == info.tp_name)
+                    .map_or(true, |p| p == info.tp_name)
         });
     }
 
