@@ -1588,18 +1588,21 @@ impl Session<'_> {
                 finding,
             }
         }
+        fn of_row<'a>(r: &'a TypeRow, sites: &'a Sites) -> PprofSite<'a> {
+            PprofSite {
+                type_name: &r.name,
+                frames: &sites.get(r.site).frames,
+                live: r.live,
+                live_bytes: r.live_bytes,
+                rate_per_s: r.rate_per_s,
+                growing: r.growing,
+                finding: None,
+            }
+        }
         let entries: Vec<PprofSite> = if findings.is_empty() {
             rows.iter()
                 .filter(|r| r.live > 0 && (r.growing || !any_growing))
-                .map(|r| PprofSite {
-                    type_name: &r.name,
-                    frames: &sites.get(r.site).frames,
-                    live: r.live,
-                    live_bytes: r.live_bytes,
-                    rate_per_s: r.rate_per_s,
-                    growing: r.growing,
-                    finding: None,
-                })
+                .map(|r| of_row(r, sites))
                 .collect()
         } else {
             findings
@@ -1615,15 +1618,7 @@ impl Session<'_> {
                 .chain(
                     rows.iter()
                         .filter(|r| r.growing && r.live > 0 && retention::is_native(r.type_ptr))
-                        .map(|r| PprofSite {
-                            type_name: &r.name,
-                            frames: &sites.get(r.site).frames,
-                            live: r.live,
-                            live_bytes: r.live_bytes,
-                            rate_per_s: r.rate_per_s,
-                            growing: r.growing,
-                            finding: None,
-                        }),
+                        .map(|r| of_row(r, sites)),
                 )
                 .collect()
         };
