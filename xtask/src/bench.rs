@@ -897,7 +897,7 @@ fn median(v: &[f64]) -> Option<f64> {
 }
 
 /// Default-mode pairs per round: the goal's cell gets more samples than the others.
-const PAIRS_PER_ROUND: usize = 2;
+const PAIRS_PER_ROUND: usize = 3;
 
 /// Every workload under every mode, `rounds` times, round-robin; a mode that fails is
 /// reported once (one line) and not run again.

@@ -34,10 +34,10 @@ pub enum Mode {
 
 /// The budget is aimed at this share of itself: what a window will cost is known only
 /// after it, the target's load changes, and the estimate misses what the traps cost the
-/// target's caches beyond `USER_SIDE_SHARE` (docs/overhead.md): at 0.45, a 10% budget
-/// aims at 4.5% estimated (0.6 until uprobe_multi links made windows cheaper: the leak is
-/// named as soon at the lower aim, docs/overhead.md).
-pub const AIM: f64 = 0.45;
+/// target's caches beyond `USER_SIDE_SHARE` (docs/overhead.md): at 0.4, a 10% budget
+/// aims at 4% estimated (0.6 until uprobe_multi links made windows cheaper, then 0.45; 0.4
+/// since the 2026-12-04 bench read 1.15× on Debian's micro loop, docs/overhead.md).
+pub const AIM: f64 = 0.4;
 /// A sampled trace goes back to exact when the full cost would be at most this share of
 /// the budget (hysteresis: it does not flip on every change of load).
 pub const BACK_TO_EXACT: f64 = 0.5;
