@@ -7,8 +7,9 @@
 //! `python -X tracemalloc=1`. Rounds are interleaved (every workload under every mode, then
 //! the next round), so a noisy machine hits every mode alike; each cell is the median of the
 //! rounds, as a slowdown: traced work time ÷ untraced work time (the default mode's cell, the
-//! goal's, is the median of pairs: each run beside an untraced one of its size, seconds
-//! apart, since this VM's speed drifts over minutes). Each workload times its own
+//! goal's, is the median of pairs: each run side by side with an untraced one of its size,
+//! both told to go at once, one on each core, since this VM's speed moves in steps within
+//! minutes). Each workload times its own
 //! work inside the process, after a `ready`/`go` handshake, so attaching is not timed.
 //! Then, per interpreter: how long the default mode takes to name a paced leak added to the
 //! workload it slowed down most.
@@ -528,6 +529,14 @@ impl Proc {
         }
     }
 
+    /// A workload's last line: its work time in seconds.
+    fn work_time(&mut self) -> Result<f64> {
+        let l = self.line(WORK_TIMEOUT, "work time")?;
+        l.trim()
+            .parse()
+            .map_err(|_| self.fail(&format!("printed {l:?} instead of its work time")))
+    }
+
     /// Fails if the process has exited (a tracer must outlive the work it is measured on).
     fn still_running(&mut self) -> Result<()> {
         match self.child.try_wait()? {
@@ -706,11 +715,7 @@ impl Ctx<'_> {
         }
         let result = (|| {
             target.send("go")?;
-            let l = target.line(WORK_TIMEOUT, "work time")?;
-            let secs: f64 = l
-                .trim()
-                .parse()
-                .map_err(|_| target.fail(&format!("printed {l:?} instead of its work time")))?;
+            let secs = target.work_time()?;
             if let Some(t) = tracer.as_mut() {
                 t.still_running()?;
             }
@@ -722,6 +727,33 @@ impl Ctx<'_> {
             let _ = std::fs::remove_file(c);
         }
         result
+    }
+
+    /// `mode` (a leakscope mode) and an untraced run of the same size started together:
+    /// (traced, untraced) work times. Both wait at `ready` until the tracer is attached.
+    fn measure_side_by_side(
+        &self,
+        env: &Env,
+        w: &Workload,
+        mode: Mode,
+        traced_first: bool,
+    ) -> Result<(f64, f64)> {
+        let flags = mode.leakscope_flags().context("not a leakscope mode")?;
+        let mut base = self.start(env, w, Mode::UntracedLong, &[])?;
+        let mut target = self.start(env, w, mode, &[])?;
+        let mut tracer = self.trace(&target.pid(), flags, None)?;
+        if traced_first {
+            target.send("go")?;
+            base.send("go")?;
+        } else {
+            base.send("go")?;
+            target.send("go")?;
+        }
+        // The untraced run's line waits in its reader meanwhile.
+        let traced = target.work_time()?;
+        tracer.still_running()?;
+        let untraced = base.work_time()?;
+        Ok((traced, untraced))
     }
 
     /// Seconds after attach until a default-mode report names the paced leak as a growing
@@ -859,10 +891,10 @@ struct Row {
     /// Per mode (in `opts.modes` order): the work times, or why the mode could not run.
     times: Vec<std::result::Result<Vec<f64>, String>>,
     modes: Vec<Mode>,
-    /// Default-mode runs paired with an untraced run of the same size just before or after
-    /// (the order alternates): traced ÷ untraced per pair. This VM's speed drifts
-    /// by ±25% over minutes, so the goal's cell compares runs a few seconds apart.
-    pairs: Vec<f64>,
+    /// Per mode: its runs paired with an untraced run of the same size at the same time
+    /// (`measure_pair`), traced ÷ untraced per pair. This VM's speed moves by ±25% within
+    /// minutes, in steps, so the goal's cell compares runs that saw the same machine.
+    pairs: Vec<Vec<f64>>,
 }
 
 impl Row {
@@ -872,8 +904,9 @@ impl Row {
     }
 
     fn ratio(&self, mode: Mode) -> Option<f64> {
-        if mode == Mode::Trace && !self.pairs.is_empty() {
-            return median(&self.pairs);
+        let i = self.modes.iter().position(|m| *m == mode)?;
+        if !self.pairs[i].is_empty() {
+            return median(&self.pairs[i]);
         }
         let base = if matches!(mode, Mode::Trace | Mode::TraceNative) {
             Mode::UntracedLong
@@ -896,8 +929,9 @@ fn median(v: &[f64]) -> Option<f64> {
     }
 }
 
-/// Default-mode pairs per round: the goal's cell gets more samples than the others.
-const PAIRS_PER_ROUND: usize = 3;
+/// Default-mode pairs per round: the goal's cell gets more samples than the others
+/// (`trace --native` gets one a round).
+const PAIRS_PER_ROUND: usize = 4;
 
 /// Every workload under every mode, `rounds` times, round-robin; a mode that fails is
 /// reported once (one line) and not run again.
@@ -917,7 +951,7 @@ fn measure_all(ctx: &Ctx, env: &Env) -> Result<Vec<Row>> {
                 })
                 .collect(),
             modes: modes.clone(),
-            pairs: vec![],
+            pairs: vec![vec![]; modes.len()],
         })
         .collect();
     let long = modes.iter().position(|m| *m == Mode::UntracedLong);
@@ -939,9 +973,14 @@ fn measure_all(ctx: &Ctx, env: &Env) -> Result<Vec<Row>> {
                 match (modes[i], long) {
                     // Run with the default mode's, as a pair.
                     (Mode::UntracedLong, _) if modes.contains(&Mode::Trace) => continue,
-                    (Mode::Trace, Some(l)) if row.times[l].is_ok() => {
-                        for p in 0..PAIRS_PER_ROUND {
-                            measure_pair(ctx, env, row, i, l, round * PAIRS_PER_ROUND + p)?;
+                    (Mode::Trace | Mode::TraceNative, Some(l)) if row.times[l].is_ok() => {
+                        let n = if modes[i] == Mode::Trace {
+                            PAIRS_PER_ROUND
+                        } else {
+                            1
+                        };
+                        for p in 0..n {
+                            measure_pair(ctx, env, row, i, l, round * n + p);
                         }
                         continue;
                     }
@@ -974,53 +1013,36 @@ fn measure_all(ctx: &Ctx, env: &Env) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// The default mode (`modes[trace]`) and its untraced baseline (`modes[long]`) back to
-/// back, the baseline first in even pairs: both times kept, and their ratio as a pair.
-fn measure_pair(
-    ctx: &Ctx,
-    env: &Env,
-    row: &mut Row,
-    trace: usize,
-    long: usize,
-    pair: usize,
-) -> Result<()> {
-    let order = if pair.is_multiple_of(2) {
-        [long, trace]
-    } else {
-        [trace, long]
-    };
-    let mut got = [None, None];
-    for (j, &i) in order.iter().enumerate() {
-        let mode = row.modes[i];
-        match ctx.measure(env, row.workload, mode) {
-            Ok(secs) => {
-                eprintln!(
-                    "bench:   {} / {}: {secs:.2} s",
-                    row.workload.key,
-                    mode.key()
-                );
-                if let Ok(t) = &mut row.times[i] {
-                    t.push(secs);
-                }
-                got[j] = Some(secs);
+/// `modes[traced]` (a leakscope mode on the long work) and an untraced run of the same
+/// size (`modes[long]`) at the same time, one on each core, told to go together: both
+/// times kept, and their ratio as a pair. Run one after the other, a pair read 0.84× or
+/// 1.28× when the VM changed speed between its runs (docs/overhead.md); side by side both
+/// see the same machine. Which one is told first alternates.
+fn measure_pair(ctx: &Ctx, env: &Env, row: &mut Row, traced: usize, long: usize, pair: usize) {
+    let mode = row.modes[traced];
+    match ctx.measure_side_by_side(env, row.workload, mode, pair.is_multiple_of(2)) {
+        Ok((t, base)) => {
+            let key = row.workload.key;
+            eprintln!("bench:   {key} / {}: {t:.2} s", mode.key());
+            eprintln!("bench:   {key} / untraced-long beside it: {base:.2} s");
+            eprintln!(
+                "bench:   {key} / {} ÷ untraced-long: {:.3}",
+                mode.key(),
+                t / base
+            );
+            if let Ok(v) = &mut row.times[traced] {
+                v.push(t);
             }
-            Err(e) => {
-                eprintln!("bench: {} / {}: {e:#}", row.workload.key, mode.key());
-                row.times[i] = Err("failed".into());
-                return Ok(());
+            if let Ok(v) = &mut row.times[long] {
+                v.push(base);
             }
+            row.pairs[traced].push(t / base);
+        }
+        Err(e) => {
+            eprintln!("bench: {} / {}: {e:#}", row.workload.key, mode.key());
+            row.times[traced] = Err("failed".into());
         }
     }
-    if let [Some(a), Some(b)] = got {
-        let (base, traced) = if order[0] == long { (a, b) } else { (b, a) };
-        row.pairs.push(traced / base);
-        eprintln!(
-            "bench:   {} / trace ÷ untraced-long: {:.3}",
-            row.workload.key,
-            traced / base
-        );
-    }
-    Ok(())
 }
 
 /// Why `mode` cannot run here, if it cannot.
@@ -1066,9 +1088,9 @@ fn print_table(ctx: &Ctx, env: &Env, rows: &[Row]) {
             }
             cells.push(match (&row.times[i], row.ratio(*m)) {
                 (Err(why), _) => why.clone(),
-                (Ok(_), Some(r)) if *m == Mode::Trace && row.pairs.len() > 1 => {
-                    let lo = row.pairs.iter().copied().fold(f64::INFINITY, f64::min);
-                    let hi = row.pairs.iter().copied().fold(0.0, f64::max);
+                (Ok(_), Some(r)) if row.pairs[i].len() > 1 => {
+                    let lo = row.pairs[i].iter().copied().fold(f64::INFINITY, f64::min);
+                    let hi = row.pairs[i].iter().copied().fold(0.0, f64::max);
                     format!("{r:.2}× ({lo:.2}–{hi:.2})")
                 }
                 (Ok(_), Some(r)) => format!("{r:.2}×"),
@@ -1083,12 +1105,13 @@ fn print_legend(ctx: &Ctx) {
     println!(
         "Workloads (tests/python/bench/): each times its own work with time.perf_counter after a\n\
          ready/go handshake, so attaching is not timed; {}.\n\
-         trace: `leakscope trace --pid P` (its default mode, --overhead 10) on 6× the work, twice a\n\
-         round, each run paired with an untraced run of that size just before or after it: the\n\
-         median of the pairs' ratios, (lowest–highest) (a sampled trace pays its first window and each detach\n\
-         the same on a short run as on a long one; pairs cancel the machine's slow drift). trace --native: the same\n\
-         default mode with the C library's allocator probed too (every malloc and free of the process traps),\n\
-         6× the work against the untraced 6× runs' median; --exact, --exact --no-stacks: with\n\
+         trace: `leakscope trace --pid P` (its default mode, --overhead 10) on 6× the work, four times\n\
+         a round, each run side by side with an untraced run of that size (both told to go at once, one on\n\
+         each core; leakscope's own threads share the cores with them): the median of the pairs' ratios,\n\
+         (lowest–highest) (a sampled trace pays its first window and each detach the same on a short run as\n\
+         on a long one; side by side, both runs see the same machine, whose speed moves in steps).\n\
+         trace --native: the same default mode with the C library's allocator probed too (every malloc\n\
+         and free of the process traps), paired the same way once a round; --exact, --exact --no-stacks: with\n\
          those flags (every birth and death; without stacks: types only). census loop:\n\
          `leakscope census --pid P --interval {}` snapshots back to back on the other core.\n\
          memray: `memray attach -o FILE` (without -o, attach opens its live TUI): every malloc-level\n\

@@ -358,7 +358,7 @@ mod tests {
             );
         }
         assert_eq!(c.state(5.0).mode_switches, 0);
-        // Load that lasts at ρ = 0.1 (over the 4.5% aim): sampled within half a second.
+        // Load that lasts at ρ = 0.1 (over the 4% aim): sampled within half a second.
         let mut n = 0;
         while c.book(MEASURE_S, MEASURE_S, MEASURE_S * 0.1 / 1.1) == Mode::Exact {
             n += 1;
