@@ -536,6 +536,7 @@ pub fn run(cfg: &TraceConfig) -> Result<i32> {
             detach_s: (trap.detach_ns / 1e9).max(MIN_DETACH_S),
             charged_s: 0.0,
             after_detach: false,
+            detach_span: None,
             hit_factor: 1.0,
         },
         process: &process,
@@ -721,6 +722,11 @@ const MAX_HIT_FACTOR: f64 = 20.0;
 /// leakscope's own process it is 2–60 ms; in a target with a big heap, 100–200 ms of kernel
 /// time: docs/overhead.md).
 const MIN_DETACH_S: f64 = 0.1;
+/// The gap after a close is booked in two spans: the detach's (the close, its drain and
+/// this long after it: the traps stop 15–20 ms into a close) and the rest, in which the
+/// target's own kernel rate is measured (at least `MIN_IDLE_SPAN_S`).
+const DETACH_SPAN_S: f64 = 0.2;
+const MIN_IDLE_SPAN_S: f64 = 0.1;
 /// Calls per calibration function (about 1 ms emulated, 30 ms single-stepped).
 const CALIBRATION_CALLS: u32 = 2_000;
 /// In exact mode the cost is booked, and the budget checked, this often (a target that
@@ -798,6 +804,9 @@ struct Sampler {
     detach_s: f64,
     charged_s: f64,
     after_detach: bool,
+    /// The detach's span (kernel seconds, wall seconds), until the quiet span after it
+    /// measures the target's own kernel rate.
+    detach_span: Option<(f64, f64)>,
     /// What a hit really costs the target, as a multiple of the calibrated model (its own
     /// kernel time while busy with hits says so; at least 1).
     hit_factor: f64,
@@ -885,15 +894,32 @@ impl Session<'_> {
         // Only where the probes' cost dominates the target's kernel time (many hits) does
         // that time say what a hit costs; a quiet target's own system calls are not ours.
         if let (Some(now_st), Some(then_st)) = (stime, s.stime) {
-            let kernel = ((now_st - then_st).max(0.0) - s.stime_idle_rate * wall).max(0.0);
-            if attached_s > 0.0 && extra_ns >= MIN_MODEL_NS {
-                let seen = kernel * (1.0 + USER_SIDE_SHARE) * 1e9 / extra_ns;
-                s.hit_factor = 0.5 * s.hit_factor + 0.5 * seen.clamp(1.0, MAX_HIT_FACTOR);
-            } else if attached_s == 0.0 && s.after_detach && s.busy >= 0.5 {
-                // The gap after a busy target's detach: the kernel time it burnt there is
-                // the detach's cost (measured, so what is charged at a close follows it).
-                s.detach_s = 0.5 * s.detach_s + 0.5 * kernel;
-                extra_ns += (kernel - s.charged_s).max(0.0) * 1e9;
+            let raw = (now_st - then_st).max(0.0);
+            if attached_s > 0.0 {
+                let kernel = (raw - s.stime_idle_rate * wall).max(0.0);
+                if extra_ns >= MIN_MODEL_NS {
+                    let seen = kernel * (1.0 + USER_SIDE_SHARE) * 1e9 / extra_ns;
+                    s.hit_factor = 0.5 * s.hit_factor + 0.5 * seen.clamp(1.0, MAX_HIT_FACTOR);
+                }
+            } else if s.after_detach {
+                // The span of a busy target's detach (and the drain after it): what it
+                // burnt in the kernel beyond its own rate is the detach's cost, judged once
+                // that rate is measured in the quiet span that follows (`DETACH_SPAN_S`).
+                if s.busy >= 0.5 {
+                    s.detach_span = Some((raw, wall));
+                }
+            } else if wall >= MIN_IDLE_SPAN_S {
+                // Detached, after the detach's span: the target's own kernel time (its
+                // system calls: 60% of an asyncio server's time on loopback), which the
+                // spans above are measured against. The rate a target had before its load
+                // came is no baseline for it.
+                s.stime_idle_rate = raw / wall;
+                if let Some((d_raw, d_wall)) = s.detach_span.take() {
+                    let kernel = (d_raw - s.stime_idle_rate * d_wall).max(0.0);
+                    s.detach_s = 0.5 * s.detach_s + 0.5 * kernel;
+                    // Measured, so what is charged at a close follows it.
+                    extra_ns += (kernel - s.charged_s).max(0.0) * 1e9;
+                }
             }
         }
         if attached_s > 0.0 {
@@ -937,8 +963,10 @@ impl Session<'_> {
                     self.open(tracer, Phase::Exact)?;
                     self.sampler.next = Instant::now() + secs(EXACT_CHECK_S);
                 } else {
+                    // The detach's span is booked apart from the rest of the gap.
                     self.sampler.phase = Phase::Closed;
-                    self.sampler.next = Instant::now() + secs(self.sampler.ctl.gap_s());
+                    self.sampler.next =
+                        Instant::now() + secs(self.sampler.ctl.gap_s().min(DETACH_SPAN_S));
                 }
             }
             Phase::Closed => {
@@ -947,6 +975,11 @@ impl Session<'_> {
                 let owed = self.sampler.ctl.debt_s();
                 if owed > 0.01 {
                     self.sampler.next = now + secs(owed.min(budget::MAX_GAP_S));
+                    return Ok(());
+                }
+                if self.sampler.detach_span.is_some() {
+                    // The detach is judged against the target's own rate, measured first.
+                    self.sampler.next = now + secs(MIN_IDLE_SPAN_S);
                     return Ok(());
                 }
                 let window = self.sampler.ctl.window_s(self.sampler.detach_s);
