@@ -32,7 +32,7 @@ class Line:
     price: float
 
 
-def build():
+def build(tick):
     customers = []
     for c in range(CUSTOMERS):
         cust = Customer(c, f"customer-{c}", f"c{c}@example.com")
@@ -42,13 +42,14 @@ def build():
                 order.lines.append(Line(order, f"SKU-{o}-{k}", k + 1, 2.5 * (k + 1)))
             cust.orders.append(order)
         customers.append(cust)
+        tick()
     return customers
 
 
 def work(n, tick):
     revenue = 0.0
     for _ in range(n):
-        customers = build()
+        customers = build(tick)
         for cust in customers:
             for order in cust.orders:
                 revenue += sum(line.qty * line.price for line in order.lines)
