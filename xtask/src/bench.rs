@@ -161,6 +161,21 @@ impl Mode {
         }
     }
 
+    /// The untraced run of the same size, which this mode's time is divided by.
+    fn base(self) -> Mode {
+        if matches!(self, Mode::Trace | Mode::TraceNative) {
+            Mode::UntracedLong
+        } else {
+            Mode::Untraced
+        }
+    }
+
+    /// The peers: run side by side with an untraced run too (once a round), so their ratios
+    /// are taken like the default mode's.
+    fn is_peer(self) -> bool {
+        self.memray_flags().is_some() || self == Mode::Tracemalloc
+    }
+
     fn memray_flags(self) -> Option<&'static [&'static str]> {
         match self {
             Mode::Memray => Some(&[]),
@@ -729,8 +744,9 @@ impl Ctx<'_> {
         result
     }
 
-    /// `mode` (a leakscope mode) and an untraced run of the same size started together:
-    /// (traced, untraced) work times. Both wait at `ready` until the tracer is attached.
+    /// `mode` (a leakscope mode or a peer) and an untraced run of the same size started
+    /// together: (traced, untraced) work times. Both wait at `ready` until the tracer is
+    /// attached (memray: injected).
     fn measure_side_by_side(
         &self,
         env: &Env,
@@ -738,22 +754,39 @@ impl Ctx<'_> {
         mode: Mode,
         traced_first: bool,
     ) -> Result<(f64, f64)> {
-        let flags = mode.leakscope_flags().context("not a leakscope mode")?;
-        let mut base = self.start(env, w, Mode::UntracedLong, &[])?;
+        let mut base = self.start(env, w, mode.base(), &[])?;
         let mut target = self.start(env, w, mode, &[])?;
-        let mut tracer = self.trace(&target.pid(), flags, None)?;
-        if traced_first {
-            target.send("go")?;
-            base.send("go")?;
-        } else {
-            base.send("go")?;
-            target.send("go")?;
+        let pid = target.pid();
+        let mut tracer = None;
+        let mut capture = None;
+        if let Some(flags) = mode.leakscope_flags() {
+            tracer = Some(self.trace(&pid, flags, None)?);
+        } else if let Some(flags) = mode.memray_flags() {
+            let memray = env.memray.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+            capture = Some(self.memray(memray, &pid, flags)?);
         }
-        // The untraced run's line waits in its reader meanwhile.
-        let traced = target.work_time()?;
-        tracer.still_running()?;
-        let untraced = base.work_time()?;
-        Ok((traced, untraced))
+        let result = (|| {
+            if traced_first {
+                target.send("go")?;
+                base.send("go")?;
+            } else {
+                base.send("go")?;
+                target.send("go")?;
+            }
+            // The untraced run's line waits in its reader meanwhile.
+            let traced = target.work_time()?;
+            if let Some(t) = tracer.as_mut() {
+                t.still_running()?;
+            }
+            let untraced = base.work_time()?;
+            Ok((traced, untraced))
+        })();
+        drop(target);
+        drop(tracer);
+        if let Some(c) = capture {
+            let _ = std::fs::remove_file(c);
+        }
+        result
     }
 
     /// Seconds after attach until a default-mode report names the paced leak as a growing
@@ -904,12 +937,7 @@ impl Row {
         if !self.pairs[i].is_empty() {
             return median(&self.pairs[i]);
         }
-        let base = if matches!(mode, Mode::Trace | Mode::TraceNative) {
-            Mode::UntracedLong
-        } else {
-            Mode::Untraced
-        };
-        Some(self.median(mode)? / self.median(base)?)
+        Some(self.median(mode)? / self.median(mode.base())?)
     }
 }
 
@@ -951,6 +979,7 @@ fn measure_all(ctx: &Ctx, env: &Env) -> Result<Vec<Row>> {
         })
         .collect();
     let long = modes.iter().position(|m| *m == Mode::UntracedLong);
+    let short = modes.iter().position(|m| *m == Mode::Untraced);
     for round in 0..ctx.opts.rounds {
         eprintln!(
             "bench: {}: round {}/{}",
@@ -976,8 +1005,13 @@ fn measure_all(ctx: &Ctx, env: &Env) -> Result<Vec<Row>> {
                             1
                         };
                         for p in 0..n {
-                            measure_pair(ctx, env, row, i, l, round * n + p);
+                            measure_pair(ctx, env, row, i, Some(l), round * n + p);
                         }
+                        continue;
+                    }
+                    // A peer beside an untraced run; the untraced column keeps its own runs.
+                    (m, _) if m.is_peer() && short.is_some_and(|u| row.times[u].is_ok()) => {
+                        measure_pair(ctx, env, row, i, None, round);
                         continue;
                     }
                     _ => {}
@@ -1014,22 +1048,28 @@ fn measure_all(ctx: &Ctx, env: &Env) -> Result<Vec<Row>> {
 /// times kept, and their ratio as a pair. Run one after the other, a pair read 0.84× or
 /// 1.28× when the VM changed speed between its runs (docs/overhead.md); side by side both
 /// see the same machine. Which one is told first alternates.
-fn measure_pair(ctx: &Ctx, env: &Env, row: &mut Row, traced: usize, long: usize, pair: usize) {
+/// `long`: where the untraced time is kept, if it is (a peer's is not: the untraced column
+/// holds runs made alone).
+fn measure_pair(
+    ctx: &Ctx,
+    env: &Env,
+    row: &mut Row,
+    traced: usize,
+    long: Option<usize>,
+    pair: usize,
+) {
     let mode = row.modes[traced];
     match ctx.measure_side_by_side(env, row.workload, mode, pair.is_multiple_of(2)) {
         Ok((t, base)) => {
             let key = row.workload.key;
             eprintln!("bench:   {key} / {}: {t:.2} s", mode.key());
-            eprintln!("bench:   {key} / untraced-long beside it: {base:.2} s");
-            eprintln!(
-                "bench:   {key} / {} ÷ untraced-long: {:.3}",
-                mode.key(),
-                t / base
-            );
+            let b = mode.base().key();
+            eprintln!("bench:   {key} / {b} beside it: {base:.2} s");
+            eprintln!("bench:   {key} / {} ÷ {b}: {:.3}", mode.key(), t / base);
             if let Ok(v) = &mut row.times[traced] {
                 v.push(t);
             }
-            if let Ok(v) = &mut row.times[long] {
+            if let Some(Ok(v)) = long.map(|l| &mut row.times[l]) {
                 v.push(base);
             }
             row.pairs[traced].push(t / base);
@@ -1115,8 +1155,10 @@ fn print_legend(ctx: &Ctx) {
          --aggregate: aggregated in memory, written at the end; --trace-python-allocators: every\n\
          pymalloc allocation too (the objects leakscope sees).\n\
          tracemalloc: `python -X tracemalloc=1` from the start (1 frame per allocation).\n\
-         Time to name: each workload with `--paced-leak`\n\
-         (100 PacedLeak objects a second appended to a list from one line), traced with\n\
+         The peers (memray, tracemalloc) run side by side with an untraced run of their size too,\n\
+         once a round: their cells are the median of those pairs' ratios, like the default mode's.\n\
+         Time to name: each workload with `--paced-leak` (100 PacedLeak objects a second\n\
+         appended to a list from one line), traced with\n\
          `leakscope trace --json --interval 1`: the report's elapsed_s when a growing site of\n\
          PacedLeak at that line first appears.",
         if ctx.opts.quick {
